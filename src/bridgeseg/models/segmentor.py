@@ -1,0 +1,520 @@
+"""Segmentors: the bridge method and its three baselines, built from one config.
+
+Every segmentor has the three paths of mmseg's `EncoderDecoder`:
+
+- `loss(batch)` for training,
+- `predict(images, classes)` for inference (eval mode, no grad, whole image or sliding window),
+- a pure-tensor `forward(images, text_embeddings)` for export and FLOP counting.
+
+Images enter every path as float tensors scaled to [0, 1]; the segmentor normalises them with its backbone's
+statistics, so data pipelines and exported models need not know them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bridgeseg.models.backbones import create_backbone
+from bridgeseg.models.decoders import SemanticFPN
+from bridgeseg.models.denseclip import ContextDecoder, DenseAttentionPool
+from bridgeseg.models.fusion import BRIDGE_MODES, BridgeFusion, Temperature, cosine_logits
+from bridgeseg.models.heads import ClosedSetHead, LanguageHead, SpatialRegularization
+from bridgeseg.models.text import TextEncoder, create_text_encoder
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Everything needed to rebuild a segmentor; saved in every checkpoint.
+
+    Attributes:
+        method: "bridge", "denseclip", "lseg" or "fpn".
+        backbone: A timm model name, "efficientnet_lite0" (offline ImageNet weights) or "openclip:<arch>".
+        pretrained: False, True (the backbone's pretrained weights) or a path to a local weights file.
+        text_encoder: "minilm", "openclip:<arch>:<tag or file>" or "hf:<id or dir>".
+        classes: Class names, in label-index order; they are the prompts.
+        templates: Prompt templates with "{}"; None uses the text encoder's defaults.
+        prompt_context: Learnable context vectors (CoOp) for open_clip text encoders; 0 disables them.
+        decoder_channels: Width of the Semantic FPN and of the pixel embeddings.
+        fusion_dim: Width D of the bridge fusion module.
+        fusion_heads: Attention heads of the fusion module.
+        fusion_blocks: Bridge blocks N (ablation: 1, 2, 4).
+        bridge: Bridge directions: "both", "v2t", "t2v" or "none" (ablation).
+        v2t_kv_proj: Project keys/values on the vision→text side (ablation; Mobile-Former does not).
+        cnn_branch: The fusion module's CNN branch (ablation).
+        concat_score_map: Concatenate the score map onto the fused features as DenseCLIP does (ablation);
+            it fixes the number of classes, so the model becomes closed-set.
+        aux_weight: Weight of the auxiliary loss on the stride-32 score map (DenseCLIP: 0.4; 0 disables it).
+        tau: Temperature of the cosine logits.
+        learnable_tau: Learn the temperature.
+    """
+
+    method: str = "bridge"
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool | str = False
+    text_encoder: str = "minilm"
+    classes: list[str] = dataclasses.field(default_factory=list)
+    templates: list[str] | None = None
+    prompt_context: int = 0
+    decoder_channels: int = 96
+    fusion_dim: int = 256
+    fusion_heads: int = 4
+    fusion_blocks: int = 2
+    bridge: str = "both"
+    v2t_kv_proj: bool = False
+    cnn_branch: bool = True
+    concat_score_map: bool = False
+    aux_weight: float = 0.4
+    tau: float = 0.07
+    learnable_tau: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Build a config, rejecting unknown keys with the list of valid ones."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"unknown model option(s) {', '.join(unknown)}; valid options: {', '.join(names)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+
+def validate_class_names(classes: Sequence[str]) -> list[str]:
+    """Check a class list and return it as a list.
+
+    Raises:
+        ValueError: The list is empty, has blank names or duplicates.
+    """
+    if isinstance(classes, str):
+        raise ValueError(f"classes must be a list of names, got the string {classes!r}; split it on commas first")
+    classes = list(classes)
+    if not classes:
+        raise ValueError("the class list is empty; give at least one class name")
+    blank = [i for i, name in enumerate(classes) if not str(name).strip()]
+    if blank:
+        raise ValueError(f"class names at positions {blank} are blank; remove them or give them a name")
+    seen: set[str] = set()
+    duplicates = sorted({name for name in classes if name in seen or seen.add(name)})
+    if duplicates:
+        raise ValueError(f"duplicate class names {duplicates}; each class needs a distinct name")
+    return classes
+
+
+def _keep_frozen_weights_out_of_checkpoints(module: nn.Module) -> None:
+    """Leave a frozen module's weights out of state dicts, and keep the current ones when loading.
+
+    The frozen text tower is rebuilt from its encoder id, so saving it would only add its size (90 MB for
+    MiniLM) to every checkpoint. Learnable prompt context vectors are kept.
+    """
+
+    def frozen_names() -> list[str]:
+        names = [name for name, p in module.named_parameters() if not p.requires_grad]
+        for prefix, sub in module.named_modules():
+            persistent = [n for n in sub._buffers if n not in sub._non_persistent_buffers_set]
+            names += [f"{prefix}.{n}" if prefix else n for n in persistent]
+        return names
+
+    def drop(mod: nn.Module, state_dict: dict[str, Tensor], prefix: str, local_metadata: Any) -> None:
+        for name in frozen_names():
+            state_dict.pop(prefix + name, None)
+
+    def fill(mod: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        current = dict(module.named_parameters()) | dict(module.named_buffers())
+        for name in frozen_names():
+            state_dict.setdefault(prefix + name, current[name])
+
+    module.register_state_dict_post_hook(drop)
+    module.register_load_state_dict_pre_hook(fill)
+
+
+class Segmentor(nn.Module):
+    """Base class: backbone, text side, normalisation, loss and inference.
+
+    Subclasses build their parts in `_build` and compute stride-4 logits in `_forward`.
+
+    Args:
+        config: The model config.
+        class_embeddings: Precomputed text embeddings [K, Dt] of `config.classes` (from a checkpoint); when
+            given, the text encoder is loaded only if a new class list is asked for.
+    """
+
+    method: ClassVar[str]
+    uses_text: ClassVar[bool] = True
+    output_stride: ClassVar[int] = 32
+
+    def __init__(self, config: ModelConfig, class_embeddings: Tensor | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.classes = validate_class_names(config.classes)
+        self.backbone = create_backbone(config.backbone, pretrained=config.pretrained)
+        self.register_buffer("pixel_mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
+        self.text_encoder: TextEncoder | None = None
+        if self.uses_text:
+            if class_embeddings is None or config.prompt_context:
+                self._load_text_encoder()
+                with torch.no_grad():
+                    class_embeddings = self.text_encoder.encode(self.classes, config.templates)
+            if class_embeddings.shape[0] != len(self.classes):
+                raise ValueError(
+                    f"{class_embeddings.shape[0]} class embeddings for {len(self.classes)} classes; they must match"
+                )
+            self.register_buffer("class_embeddings", class_embeddings.detach().clone().float())
+            self.text_dim = class_embeddings.shape[1]
+        self._build()
+
+    # -- construction -----------------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def _load_text_encoder(self) -> TextEncoder:
+        if self.text_encoder is None:
+            encoder = create_text_encoder(
+                self.config.text_encoder, templates=self.config.templates, prompt_context=self.config.prompt_context
+            )
+            _keep_frozen_weights_out_of_checkpoints(encoder)
+            device = self.pixel_mean.device
+            self.text_encoder = encoder.to(device)
+        return self.text_encoder
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def open_vocabulary(self) -> bool:
+        """Whether `predict` accepts a class list other than the training one."""
+        return False
+
+    # -- text side --------------------------------------------------------------------------------------------
+
+    def text_embeddings(self, classes: Sequence[str] | None = None) -> Tensor | None:
+        """Text embeddings [K, Dt] for `classes` (default: the model's classes); None for text-free models.
+
+        Raises:
+            ValueError: A closed-set model is asked for classes other than its own.
+        """
+        if classes is not None:
+            classes = validate_class_names(classes)
+            if classes == self.classes:
+                classes = None
+        if classes is not None and not self.open_vocabulary:
+            raise ValueError(
+                f"'{self.method}' is closed-set: it was trained for {self.num_classes} classes "
+                f"({', '.join(self.classes[:5])}{', ...' if self.num_classes > 5 else ''}) and cannot take another "
+                "class list; use a 'bridge' or 'lseg' model for an open vocabulary"
+            )
+        if not self.uses_text:
+            return None
+        if classes is None:
+            if self.config.prompt_context:
+                return self.text_encoder.encode(self.classes)
+            return self.class_embeddings
+        encoder = self._load_text_encoder()
+        with torch.no_grad():
+            return encoder.encode(classes, self.config.templates).to(self.class_embeddings)
+
+    def _check_text_embeddings(self, text_embeddings: Tensor | None) -> None:
+        if not self.uses_text:
+            return
+        if text_embeddings is None or text_embeddings.dim() != 2 or text_embeddings.shape[-1] != self.text_dim:
+            shape = None if text_embeddings is None else tuple(text_embeddings.shape)
+            raise ValueError(f"text_embeddings must have shape [K, {self.text_dim}], got {shape}")
+        if not self.open_vocabulary and text_embeddings.shape[-2] != self.num_classes:
+            raise ValueError(
+                f"'{self.method}' is closed-set with {self.num_classes} classes; got {text_embeddings.shape[-2]} "
+                "text embeddings"
+            )
+
+    # -- the three paths --------------------------------------------------------------------------------------
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """Normalise images scaled to [0, 1] with the backbone's mean and std."""
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
+        """Normalised images → {"logits": [B, K, H/4, W/4], "aux": stride-32 score map [B, K, h, w] or None}."""
+        raise NotImplementedError
+
+    def forward(self, images: Tensor, text_embeddings: Tensor | None = None) -> Tensor:
+        """Pure-tensor path for export and FLOP counting.
+
+        Args:
+            images: [B, 3, H, W] scaled to [0, 1].
+            text_embeddings: [K, Dt]; default: the model's class embeddings.
+
+        Returns:
+            Logits [B, K, H, W].
+        """
+        if text_embeddings is None:
+            text_embeddings = self.text_embeddings()
+        self._check_text_embeddings(text_embeddings)
+        logits = self._forward(self.normalize(images), text_embeddings)["logits"]
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Training losses for a batch {"image": [B, 3, H, W] in [0, 1], "mask": [B, H, W] (255 = ignore)}.
+
+        Returns:
+            {"loss": total, "loss_seg": ..., and "loss_aux" when the auxiliary loss is on}.
+
+        Raises:
+            ValueError: The masks hold labels outside 0..K-1 other than 255.
+        """
+        images, masks = batch["image"], batch["mask"].long()
+        labelled = masks[masks != IGNORE_INDEX]
+        if labelled.numel() and (labelled.min() < 0 or labelled.max() >= self.num_classes):
+            bad = sorted({int(v) for v in labelled.unique() if v < 0 or v >= self.num_classes})[:10]
+            raise ValueError(
+                f"mask labels {bad} are outside 0..{self.num_classes - 1} (255 = ignore); "
+                "fix the masks or the class list"
+            )
+        outputs = self._forward(self.normalize(images), self.text_embeddings())
+        losses = {"loss_seg": _cross_entropy(outputs["logits"], masks)}
+        if outputs.get("aux") is not None and self.config.aux_weight > 0:
+            losses["loss_aux"] = self.config.aux_weight * _cross_entropy(outputs["aux"], masks)
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        images: Tensor,
+        classes: Sequence[str] | None = None,
+        mode: str = "whole",
+        crop_size: int = 512,
+        stride: int = 341,
+        flip: bool = False,
+        scales: Sequence[float] | None = None,
+        output_size: tuple[int, int] | None = None,
+        return_probs: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Segment images, optionally with another class list (open-vocabulary models only).
+
+        Inputs of any size are padded to a multiple of 32 internally and the result is cropped back.
+
+        Args:
+            images: [B, 3, H, W] or [3, H, W], scaled to [0, 1].
+            classes: Class names; default: the model's classes.
+            mode: "whole" (one pass) or "slide" (overlapping `crop_size` windows, `stride` apart, as mmseg).
+            crop_size: Window side for "slide".
+            stride: Window stride for "slide".
+            flip: Test-time augmentation: also segment the mirrored image.
+            scales: Test-time augmentation: resize the input by each factor (e.g. 0.75, 1.0, 1.25).
+            output_size: (height, width) of the result; default: the input's.
+            return_probs: Also return the per-class probabilities.
+
+        Returns:
+            Label map [B, H, W] (int64), and probabilities [B, K, H, W] when `return_probs`; the probabilities
+            are averaged over the augmented views.
+        """
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape [B, 3, H, W] or [3, H, W], got {tuple(images.shape)}")
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"unknown inference mode {mode!r}; use 'whole' or 'slide'")
+        output_size = tuple(output_size or images.shape[-2:])
+        was_training = self.training
+        self.eval()
+        try:
+            text_embeddings = self.text_embeddings(classes)
+            images = self.normalize(images.to(self.pixel_mean))
+            probs = None
+            views = 0
+            for scale in scales or (1.0,):
+                scaled = images
+                if scale != 1.0:
+                    scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+                for mirrored in (False, True) if flip else (False,):
+                    view = scaled.flip(-1) if mirrored else scaled
+                    if mode == "whole":
+                        logits = self._padded_logits(view, text_embeddings)
+                    else:
+                        logits = self._slide_logits(view, text_embeddings, crop_size, stride)
+                    if mirrored:
+                        logits = logits.flip(-1)
+                    if logits.shape[-2:] != output_size:
+                        logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+                    view_probs = logits.float().softmax(dim=1)
+                    probs = view_probs if probs is None else probs + view_probs
+                    views += 1
+        finally:
+            self.train(was_training)
+        probs = probs / views
+        labels = probs.argmax(dim=1)
+        return (labels, probs) if return_probs else labels
+
+    def _padded_logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
+        """Logits at the input size for normalised images of any size (zero padding = the mean colour)."""
+        height, width = images.shape[-2:]
+        pad_h, pad_w = (-height) % self.output_stride, (-width) % self.output_stride
+        padded = F.pad(images, (0, pad_w, 0, pad_h))
+        logits = self._forward(padded, text_embeddings)["logits"]
+        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :height, :width]
+
+    def _slide_logits(self, images: Tensor, text_embeddings: Tensor | None, crop_size: int, stride: int) -> Tensor:
+        """mmseg's slide inference: average the logits of overlapping windows."""
+        if stride <= 0 or crop_size <= 0:
+            raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}")
+        batch, _, height, width = images.shape
+        rows = max(height - crop_size + stride - 1, 0) // stride + 1
+        cols = max(width - crop_size + stride - 1, 0) // stride + 1
+        logits = images.new_zeros((batch, self._num_outputs(text_embeddings), height, width))
+        counts = images.new_zeros((1, 1, height, width))
+        for row in range(rows):
+            for col in range(cols):
+                y2, x2 = min(row * stride + crop_size, height), min(col * stride + crop_size, width)
+                y1, x1 = max(y2 - crop_size, 0), max(x2 - crop_size, 0)
+                logits[..., y1:y2, x1:x2] += self._padded_logits(images[..., y1:y2, x1:x2], text_embeddings)
+                counts[..., y1:y2, x1:x2] += 1
+        return logits / counts
+
+    def _num_outputs(self, text_embeddings: Tensor | None) -> int:
+        return self.num_classes if text_embeddings is None else text_embeddings.shape[-2]
+
+
+def _cross_entropy(logits: Tensor, masks: Tensor) -> Tensor:
+    """Cross-entropy in fp32 at the mask's resolution; a batch with no labelled pixel gives 0, not NaN."""
+    logits = F.interpolate(logits.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    total = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (masks != IGNORE_INDEX).sum().clamp(min=1)
+
+
+class BridgeSegmentor(Segmentor):
+    """The paper's method: backbone → BridgeFusion(C5, text) → Semantic FPN → cosine to the fused text tokens."""
+
+    method = "bridge"
+
+    def _build(self) -> None:
+        cfg = self.config
+        if cfg.bridge not in BRIDGE_MODES:
+            raise ValueError(f"unknown bridge mode {cfg.bridge!r}; use one of {', '.join(BRIDGE_MODES)}")
+        channels = self.backbone.channels
+        self.fusion = BridgeFusion(
+            channels[-1],
+            self.text_dim,
+            dim=cfg.fusion_dim,
+            num_heads=cfg.fusion_heads,
+            num_blocks=cfg.fusion_blocks,
+            bridge=cfg.bridge,
+            v2t_kv_proj=cfg.v2t_kv_proj,
+            cnn_branch=cfg.cnn_branch,
+        )
+        top_channels = cfg.fusion_dim + (self.num_classes if cfg.concat_score_map else 0)
+        self.decoder = SemanticFPN([*channels[:-1], top_channels], cfg.decoder_channels)
+        self.head = LanguageHead(cfg.decoder_channels, cfg.fusion_dim, cfg.tau, cfg.learnable_tau)
+        self.score_temperature = Temperature(cfg.tau, cfg.learnable_tau)
+
+    @property
+    def open_vocabulary(self) -> bool:
+        return not self.config.concat_score_map
+
+    def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
+        features = self.backbone(images)
+        pixels, tokens = self.fusion(features[-1], text_embeddings)  # [B, D, h, w], [B, K, D]
+        scores = None
+        if self.config.concat_score_map or (self.training and self.config.aux_weight > 0):
+            scores = cosine_logits(pixels, tokens, self.score_temperature())  # [B, K, h, w]
+        top = torch.cat([pixels, scores], dim=1) if self.config.concat_score_map else pixels
+        embeddings = self.decoder([*features[:-1], top])
+        return {"logits": self.head(embeddings, tokens), "aux": scores}
+
+
+class LSegSegmentor(Segmentor):
+    """LSeg: pixel embeddings matched to the text embeddings by cosine, with spatial regularisation blocks."""
+
+    method = "lseg"
+
+    def _build(self) -> None:
+        cfg = self.config
+        self.decoder = SemanticFPN(self.backbone.channels, cfg.decoder_channels)
+        self.head = LanguageHead(cfg.decoder_channels, self.text_dim, cfg.tau, cfg.learnable_tau)
+        self.regularization = SpatialRegularization(num_blocks=2)
+
+    @property
+    def open_vocabulary(self) -> bool:
+        return True
+
+    def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
+        embeddings = self.decoder(self.backbone(images))
+        return {"logits": self.regularization(self.head(embeddings, text_embeddings)), "aux": None}
+
+
+class DenseCLIPSegmentor(Segmentor):
+    """DenseCLIP for a given backbone: dense attention pool, context-aware prompting, score map on C5.
+
+    With an open_clip ResNet backbone and a text encoder of the same embedding size, CLIP's own attention pool
+    is used, as DenseCLIP does; otherwise the pool is randomly initialised, as DenseCLIP does for ImageNet
+    backbones.
+    """
+
+    method = "denseclip"
+
+    def _build(self) -> None:
+        cfg = self.config
+        channels = self.backbone.channels
+        clip_pool = self.backbone.attention_pool
+        if clip_pool is not None and clip_pool.c_proj.out_features == self.text_dim:
+            spacial_dim = math.isqrt(clip_pool.positional_embedding.shape[0] - 1)
+            pool = DenseAttentionPool(spacial_dim, channels[-1], clip_pool.num_heads, self.text_dim)
+            pool.load_state_dict(clip_pool.state_dict())
+        else:
+            if clip_pool is not None:
+                logger.warning(
+                    "CLIP's attention pool outputs %d dims but the text encoder gives %d; using a random pool",
+                    clip_pool.c_proj.out_features,
+                    self.text_dim,
+                )
+            # 16 = 512 / 32: DenseCLIP's positional grid for 512-px crops.
+            pool = DenseAttentionPool(16, channels[-1], None, self.text_dim)
+        # The backbone's own copy would be an unused parameter set.
+        self.backbone.attention_pool = None
+        self.fusion = nn.ModuleDict({"attention_pool": pool, "context_decoder": ContextDecoder(self.text_dim)})
+        self.decoder = SemanticFPN([*channels[:-1], channels[-1] + self.num_classes], cfg.decoder_channels)
+        self.head = ClosedSetHead(cfg.decoder_channels, self.num_classes)
+        self.score_temperature = Temperature(cfg.tau, cfg.learnable_tau)
+
+    def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
+        features = self.backbone(images)
+        global_embedding, dense = self.fusion["attention_pool"](features[-1])  # [B, Dt], [B, Dt, h, w]
+        context = torch.cat([global_embedding.unsqueeze(1), dense.flatten(2).transpose(1, 2)], dim=1)
+        text = self.fusion["context_decoder"](text_embeddings, context)  # [B, K, Dt]
+        scores = cosine_logits(dense, text, self.score_temperature())  # [B, K, h, w]
+        embeddings = self.decoder([*features[:-1], torch.cat([features[-1], scores], dim=1)])
+        return {"logits": self.head(embeddings), "aux": scores}
+
+
+class FPNSegmentor(Segmentor):
+    """The language-free baseline: backbone, Semantic FPN and a 1×1 conv classifier."""
+
+    method = "fpn"
+    uses_text = False
+
+    def _build(self) -> None:
+        self.decoder = SemanticFPN(self.backbone.channels, self.config.decoder_channels)
+        self.head = ClosedSetHead(self.config.decoder_channels, self.num_classes)
+
+    def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
+        return {"logits": self.head(self.decoder(self.backbone(images))), "aux": None}
+
+
+SEGMENTORS: dict[str, type[Segmentor]] = {
+    cls.method: cls for cls in (BridgeSegmentor, DenseCLIPSegmentor, LSegSegmentor, FPNSegmentor)
+}

@@ -1,0 +1,192 @@
+import pytest
+import torch
+
+import bridgeseg
+from bridgeseg.models import ModelConfig, create_model, list_methods
+from bridgeseg.models.cost import cost_report
+from tests.conftest import CLASSES, TINY_BACKBONES
+
+OPEN_VOCABULARY = {"bridge": True, "lseg": True, "denseclip": False, "fpn": False}
+
+
+def tiny(method: str, backbone: str = "test_resnet", class_embeddings=None, **options) -> bridgeseg.models.Segmentor:
+    defaults = dict(backbone=backbone, classes=CLASSES, fusion_dim=32, decoder_channels=16)
+    return create_model(method, class_embeddings=class_embeddings, **(defaults | options))
+
+
+def batch(size: int = 64, num_classes: int = 3) -> dict[str, torch.Tensor]:
+    mask = torch.randint(0, num_classes, (2, size, size))
+    mask[:, :4] = 255
+    return {"image": torch.rand(2, 3, size, size), "mask": mask}
+
+
+@pytest.mark.parametrize("backbone", TINY_BACKBONES)
+@pytest.mark.parametrize("method", ["bridge", "denseclip", "lseg", "fpn"])
+def test_every_method_on_every_tiny_backbone(method: str, backbone: str, class_embeddings: torch.Tensor) -> None:
+    model = tiny(method, backbone, class_embeddings)
+    losses = model.loss(batch())
+    assert torch.isfinite(losses["loss"])
+    assert ("loss_aux" in losses) == (method in ("bridge", "denseclip"))
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.rand(1, 3, 64, 96))
+    assert logits.shape == (1, 3, 64, 96)
+    labels = model.predict(torch.rand(1, 3, 50, 70))
+    assert labels.shape == (1, 50, 70) and labels.dtype == torch.int64
+    assert model.open_vocabulary is OPEN_VOCABULARY[method]
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_gradients_reach_every_trainable_parameter_and_not_the_text_encoder(method: str) -> None:
+    model = tiny(method, text_encoder="minilm")
+    model.train()
+    model.loss(batch())["loss"].backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient for {missing}"
+    if model.uses_text:
+        text_params = list(model.text_encoder.parameters())
+        assert text_params and all(not p.requires_grad and p.grad is None for p in text_params)
+        assert not model.text_encoder.training, "the frozen text encoder must stay in eval mode"
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable > 0
+
+
+@pytest.mark.parametrize("method", ["bridge", "lseg"])
+def test_open_vocabulary_models_take_any_class_list(method: str) -> None:
+    model = tiny(method, text_encoder="minilm")
+    for classes in (["dog"], ["road", "car", "tree", "building", "person"]):
+        labels, probs = model.predict(torch.rand(1, 3, 64, 64), classes=classes, return_probs=True)
+        assert probs.shape == (1, len(classes), 64, 64)
+        assert int(labels.max()) < len(classes)
+    # The classifier really changes with the vocabulary.
+    image = torch.rand(1, 3, 64, 64)
+    _, probs_a = model.predict(image, classes=["dog", "cat"], return_probs=True)
+    _, probs_b = model.predict(image, classes=["dog", "car"], return_probs=True)
+    assert not torch.allclose(probs_a, probs_b)
+
+
+@pytest.mark.parametrize("method", ["denseclip", "fpn"])
+def test_closed_set_models_refuse_other_classes(method: str, class_embeddings: torch.Tensor) -> None:
+    model = tiny(method, class_embeddings=class_embeddings)
+    with pytest.raises(ValueError, match="closed-set"):
+        model.predict(torch.rand(1, 3, 64, 64), classes=["dog", "cat"])
+    assert model.predict(torch.rand(1, 3, 64, 64), classes=CLASSES).shape == (1, 64, 64)
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_no_grad_forward_equals_predict(method: str, class_embeddings: torch.Tensor) -> None:
+    model = tiny(method, class_embeddings=class_embeddings)
+    model.eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(images).argmax(dim=1)
+    assert torch.equal(model.predict(images), expected)
+    assert not model.training
+
+
+def test_slide_inference_covers_the_image(class_embeddings: torch.Tensor) -> None:
+    model = tiny("bridge", class_embeddings=class_embeddings)
+    labels, probs = model.predict(torch.rand(1, 3, 80, 100), mode="slide", crop_size=64, stride=32, return_probs=True)
+    assert labels.shape == (1, 80, 100)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(1, 80, 100), atol=1e-5)
+    # A window covering the whole image gives the whole-image result.
+    image = torch.rand(1, 3, 64, 64)
+    assert torch.equal(model.predict(image, mode="slide", crop_size=64, stride=32), model.predict(image))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"bridge": "none"},
+        {"bridge": "v2t"},
+        {"bridge": "t2v"},
+        {"cnn_branch": False},
+        {"v2t_kv_proj": True},
+        {"fusion_blocks": 1},
+        {"fusion_blocks": 4},
+        {"aux_weight": 0.0},
+        {"learnable_tau": False},
+    ],
+)
+def test_bridge_ablation_switches_build_and_train(options: dict, class_embeddings: torch.Tensor) -> None:
+    model = tiny("bridge", class_embeddings=class_embeddings, **options)
+    losses = model.loss(batch())
+    assert torch.isfinite(losses["loss"])
+    assert ("loss_aux" in losses) == (options.get("aux_weight", 0.4) > 0)
+
+
+def test_concat_score_map_makes_bridge_closed_set(class_embeddings: torch.Tensor) -> None:
+    model = tiny("bridge", class_embeddings=class_embeddings, concat_score_map=True)
+    assert not model.open_vocabulary
+    assert torch.isfinite(model.loss(batch())["loss"])
+    with pytest.raises(ValueError, match="closed-set"):
+        model.predict(torch.rand(1, 3, 64, 64), classes=["a", "b"])
+
+
+def test_unknown_names_list_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="valid methods: bridge, denseclip, lseg, fpn"):
+        create_model("segformer", classes=CLASSES)
+    with pytest.raises(ValueError, match=r"valid options:.*fusion_blocks"):
+        create_model("bridge", classes=CLASSES, fusion_layers=3)
+    with pytest.raises(ValueError, match="pass classes"):
+        create_model("bridge")
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [([], "no classes given"), (["a", " "], "blank"), (["a", "b", "a"], "duplicate"), ("a,b", "string")],
+)
+def test_bad_class_lists_are_reported(classes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        create_model("fpn", backbone="test_resnet", classes=classes)
+
+
+def test_loss_rejects_labels_outside_the_class_range(class_embeddings: torch.Tensor) -> None:
+    model = tiny("bridge", class_embeddings=class_embeddings)
+    data = batch()
+    data["mask"][0, 10, 10] = 7
+    with pytest.raises(ValueError, match=r"mask labels \[7\]"):
+        model.loss(data)
+
+
+def test_all_ignored_batch_gives_zero_loss_not_nan(class_embeddings: torch.Tensor) -> None:
+    model = tiny("bridge", class_embeddings=class_embeddings)
+    data = batch()
+    data["mask"][:] = 255
+    assert model.loss(data)["loss"].item() == 0.0
+
+
+def test_checkpoint_state_leaves_out_the_frozen_text_tower_and_reloads() -> None:
+    model = tiny("bridge", text_encoder="minilm")
+    state = model.state_dict()
+    assert not any(key.startswith("text_encoder.") for key in state)
+    assert "class_embeddings" in state
+    config = ModelConfig.from_dict(model.config.to_dict())
+    restored = create_model(config, class_embeddings=state["class_embeddings"])
+    restored.load_state_dict(state)  # strict
+    model.eval()
+    restored.eval()
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(images), restored(images))
+    # The text encoder itself also reloads its frozen weights without complaint.
+    model.load_state_dict(state)
+
+
+def test_readme_example_builds_offline() -> None:
+    model = bridgeseg.create_model(
+        "bridge", backbone="efficientnet_lite0", text_encoder="minilm", classes=["sky", "grass", "cat"]
+    )
+    assert model.class_embeddings.shape == (3, 384)
+
+
+def test_default_bridge_fits_the_lightweight_budget() -> None:
+    """DESIGN's budget: bridge on EfficientNet-Lite0 at 512x512 with 150 classes under 8 GFLOPs."""
+    classes = [f"class {i}" for i in range(150)]
+    embeddings = torch.nn.functional.normalize(torch.randn(150, 384), dim=-1)
+    model = create_model("bridge", backbone="efficientnet_lite0", classes=classes, class_embeddings=embeddings)
+    report = cost_report(model, 512)
+    assert report.total_flops < 8e9
+    assert all(report.flops[part] > 0 for part in ("backbone", "fusion", "decoder", "head"))
+    assert report.total_flops == sum(report.flops.values())
+    assert report.text_encoder_params == 0  # embeddings given: the text encoder was never loaded
