@@ -4,6 +4,9 @@ Subcommands:
     cost     parameters and FLOPs per component for the four methods on one backbone
     demo     the offline quickstart
     data     generate offline datasets (`bridgeseg data mosaic --out DIR`)
+    predict  segment images with any class list (masks, overlays, JSON)
+    export   convert a checkpoint to safetensors or ONNX
+    serve    a local web page to try a model
     fit, validate, test
              training and evaluation (Lightning; `bridgeseg fit --help`)
 
@@ -59,6 +62,27 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, quick=args.quick)
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from bridgeseg.inference import predict_command
+
+    return predict_command(args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from bridgeseg.export import export_command
+
+    return export_command(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bridgeseg.app import serve_command
+
+    return serve_command(args)
+
+
+DEFAULT_CHECKPOINT = "outputs/demo/model"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every non-Lightning subcommand."""
     parser = argparse.ArgumentParser(prog="bridgeseg", description="Language-guided lightweight semantic segmentation")
@@ -86,20 +110,49 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="outputs/demo", help="output folder")
     demo.add_argument("--quick", action="store_true", help="a few iterations only (a smoke test)")
     demo.set_defaults(run=_demo)
+    predict = sub.add_parser("predict", help="segment images, folders or globs with any class list")
+    predict.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    predict.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model folder, .safetensors, .ckpt or .onnx")
+    predict.add_argument("--out", required=True, help="output folder (nothing is written outside it)")
+    predict.add_argument("--classes", help='comma-separated class names, e.g. "sky,road,car" (default: the model\'s)')
+    predict.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    predict.add_argument("--crop-size", type=int, default=512, help="window side for --mode slide")
+    predict.add_argument("--stride", type=int, default=341, help="window stride for --mode slide")
+    predict.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    predict.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    predict.add_argument("--device", default="cpu")
+    predict.set_defaults(run=_predict)
+
+    export = sub.add_parser("export", help="convert a checkpoint to safetensors or ONNX")
+    export.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model folder, .safetensors or .ckpt")
+    export.add_argument("--format", choices=["safetensors", "onnx"], help="default: onnx when --onnx is given")
+    export.add_argument("--out", help="output folder for --format safetensors")
+    export.add_argument("--onnx", help="output .onnx file")
+    export.add_argument("--classes", help="comma-separated class names baked into a fixed-vocabulary ONNX model")
+    export.add_argument("--open-vocab", action="store_true", help="text embeddings [K, D] as a second ONNX input")
+    export.add_argument("--opset", type=int, default=18)
+    export.set_defaults(run=_export)
+
+    serve = sub.add_parser("serve", help="a local web page to try a model")
+    serve.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    serve.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.set_defaults(run=_serve)
+
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"{name} with a YAML config (see `bridgeseg {name} --help`)", add_help=False)
     return parser
 
 
-def _run_guarded(function: Callable[[], None], debug: bool) -> int:
+def _run_guarded(function: Callable[[], int | None], debug: bool) -> int:
     try:
-        function()
-    except (UserError, ValueError, FileNotFoundError) as error:
+        code = function()
+    except (UserError, ValueError, FileNotFoundError, OSError) as error:
         if debug:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return int(code or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from bridgeseg.engine.cli import run_lightning_cli
 
-        return _run_guarded(lambda: run_lightning_cli(argv), debug)
+        return _run_guarded(lambda: run_lightning_cli(argv) and 0, debug)
     args = build_parser().parse_args(argv)
     return _run_guarded(lambda: args.run(args), debug)
 
