@@ -1,0 +1,58 @@
+"""Every shipped config parses, builds (with a tiny backbone and the offline text encoder) and trains a step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bridgeseg.engine.cli import run_lightning_cli
+from tests.engine.helpers import make_folder_dataset
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folder_dataset(tmp_path_factory.mktemp("data"), num_train=4, num_val=1)
+
+
+def test_configs_are_shipped() -> None:
+    names = {path.relative_to(path.parents[1]).as_posix() for path in CONFIGS}
+    for method in ("bridge", "denseclip", "lseg", "fpn"):
+        for backbone in ("efficientnet_lite0", "mobilenetv2_100", "resnet18"):
+            assert f"ade20k/{method}_{backbone}_512x512_80k.yaml" in names
+    assert "ade20k/bridge_efficientnet_lite0_512x512_160k.yaml" in names
+    assert any(name.startswith("cityscapes/") for name in names)
+    assert any(name.startswith("coco_stuff164k/") for name in names)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(p.parents[1]).as_posix())
+def test_config_builds_and_trains_one_step(config: Path, data_root: Path, tmp_path: Path) -> None:
+    values = yaml.safe_load(config.read_text())
+    overrides = [
+        "--data.dataset", "folder", "--data.root", str(data_root), "--data.num_workers", "0",
+        "--data.batch_size", "2",
+        "--model.net.backbone", "test_resnet", "--model.net.pretrained", "false",
+        "--model.net.text_encoder", "minilm",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
+    cli = run_lightning_cli(["--config", str(config), *overrides], run=False)
+    module, datamodule = cli.model, cli.datamodule
+    net = module.model.config
+    assert net.method == values["model"]["net"]["method"]
+    assert module.hparams.lr == values["model"]["lr"]
+    assert (
+        datamodule.crop_size == values["data"]["crop_size"] or list(datamodule.crop_size) == values["data"]["crop_size"]
+    )
+    assert cli.trainer.max_steps == values["trainer"]["max_steps"]
+    batch = next(iter(datamodule.train_dataloader()))
+    crop = values["data"]["crop_size"]
+    assert batch["image"].shape[-2:] == ((crop, crop) if isinstance(crop, int) else tuple(crop))
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    loss = module.model.loss(batch)["loss"]
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
