@@ -10,7 +10,8 @@ Subcommands:
     fit, validate, test
              training and evaluation (Lightning; `bridgeseg fit --help`)
 
-Errors a user can fix are printed as one line (`error: ...`) with exit code 2; `--debug` shows the traceback.
+Errors a user can fix (bad files, values or configs, a full disk, a diverged loss) are printed as one line
+(`error: ...`) with exit code 2; `--debug` shows the traceback. docs/troubleshooting.md lists them.
 """
 
 from __future__ import annotations
@@ -144,13 +145,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unwrap_worker_message(error: BaseException) -> str:
+    """The original message of an error re-raised from a DataLoader worker, without the worker's traceback.
+
+    PyTorch re-raises a worker's exception as the same type with the message "Caught X in DataLoader worker
+    process N.\nOriginal Traceback ...\n<module>.X: <message>"; the user only needs the last part.
+    """
+    message = str(error)
+    if not message.startswith("Caught ") or "Original Traceback" not in message:
+        return message
+    kind = type(error)
+    for name in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+        start = message.rfind("\n" + name)
+        if start >= 0:
+            return message[start + 1 + len(name) :].strip()
+    return message.strip().splitlines()[-1]
+
+
+def user_message(error: BaseException) -> str:
+    """The text `main` prints for an error a user can fix: its message and any notes added on the way up."""
+    notes = [str(note) for note in getattr(error, "__notes__", ())]
+    return "; ".join([_unwrap_worker_message(error), *notes])
+
+
 def _run_guarded(function: Callable[[], int | None], debug: bool) -> int:
     try:
         code = function()
-    except (UserError, ValueError, FileNotFoundError, OSError) as error:
+    except (UserError, ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
         if debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         return 2
     return int(code or 0)
 

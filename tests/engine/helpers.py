@@ -45,6 +45,20 @@ class DumpWeights(pl.Callback):
         save_file(state, str(path))
 
 
+class CountSteps(pl.Callback):
+    """Appends the number of training steps this process ran to `<default_root_dir>/steps.txt`."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        self.steps += 1
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with open(Path(trainer.default_root_dir) / "steps.txt", "a") as file:
+            file.write(f"{self.steps}\n")
+
+
 def fit_args(data_root: Path, run_dir: Path, max_steps: int, **extra: str) -> list[str]:
     """CLI arguments of a tiny run on CPU."""
     args = {

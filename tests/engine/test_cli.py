@@ -37,7 +37,9 @@ def test_fit_validate_and_resume(data_root: Path, tmp_path: Path) -> None:
     )
 
     # Resume to 8 iterations; compare with an uninterrupted 8-iteration run.
-    assert main(["fit", *fit_args(data_root, run, max_steps=8), "--ckpt_path", "last"]) == 0
+    counting = "--trainer.callbacks+=tests.engine.helpers.CountSteps"
+    assert main(["fit", *fit_args(data_root, run, max_steps=8), "--ckpt_path", "last", counting]) == 0
+    assert (run / "steps.txt").read_text().split() == ["4"], "the resumed run must start at iteration 4"
     resumed = load_checkpoint(checkpoints / "last.ckpt")
     straight_run = tmp_path / "straight"
     assert main(["fit", *fit_args(data_root, straight_run, max_steps=8)]) == 0

@@ -8,7 +8,9 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +23,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from bridgeseg.engine.datamodule import SegmentationDataModule
 from bridgeseg.engine.module import SegmentationModule
 from bridgeseg.io import write_atomically
+
+logger = logging.getLogger(__name__)
 
 
 def checkpoint_dir(trainer: pl.Trainer) -> str:
@@ -50,32 +54,63 @@ class LastCheckpoint(pl.Callback):
     """`checkpoints/last.ckpt` every `every_n_steps` iterations, after each validation and at the end.
 
     Lightning's `save_last` only writes when another checkpoint is written (here: when mIoU improves), which
-    would leave a killed run to resume from far back.
+    would leave a killed run to resume from far back. Weights that are no longer finite are never saved over the
+    previous checkpoint, and a run stopped by a non-finite loss is told where its last checkpoint is.
+
+    Set from the command line as `--last_checkpoint.every_n_steps N`.
 
     Args:
-        every_n_steps: Iterations between saves.
+        every_n_steps: Iterations between saves (0: only after validation and at the end).
     """
 
     def __init__(self, every_n_steps: int = 500) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self._saved_step = -1
 
-    def _save(self, trainer: pl.Trainer) -> None:
+    @staticmethod
+    def path(trainer: pl.Trainer) -> str:
+        """Where the checkpoint is written: `<default_root_dir>/checkpoints/last.ckpt`."""
+        return os.path.join(checkpoint_dir(trainer), "last.ckpt")
+
+    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step == self._saved_step or trainer.sanity_checking:
             return
-        trainer.save_checkpoint(os.path.join(checkpoint_dir(trainer), "last.ckpt"))
+        if not all(torch.isfinite(parameter).all() for parameter in pl_module.parameters()):
+            logger.warning(
+                "Weights are no longer finite at iteration %d; %s is kept as it is",
+                trainer.global_step,
+                self.path(trainer),
+            )
+            return
+        trainer.save_checkpoint(self.path(trainer))
         self._saved_step = trainer.global_step
 
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self._save(trainer)
+            self._save(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit":
-            self._save(trainer)
+            self._save(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._save(trainer)
+        self._save(trainer, pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, FloatingPointError):
+            return
+        path = self.path(trainer)
+        if self._saved_step >= 0:
+            exception.add_note(
+                f"the last checkpoint, from iteration {self._saved_step}, is {path}: resume from it with "
+                "`--ckpt_path last`"
+            )
+        elif os.path.isfile(path):
+            exception.add_note(f"the last checkpoint is {path}: resume from it with `--ckpt_path last`")
+        else:
+            exception.add_note(f"no checkpoint was saved before it (none at {path}): start the run again")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -98,7 +133,8 @@ def trainer_defaults() -> dict[str, Any]:
         "log_every_n_steps": 50,
         # Converts BatchNorm to SyncBatchNorm only under a distributed strategy on GPUs; a no-op elsewhere.
         "sync_batchnorm": True,
-        "callbacks": [BestCheckpoint(), LastCheckpoint(), LearningRateMonitor(logging_interval="step")],
+        # LastCheckpoint is added by BridgesegCLI as its own config section (`--last_checkpoint.every_n_steps`).
+        "callbacks": [BestCheckpoint(), LearningRateMonitor(logging_interval="step")],
     }
 
 
@@ -107,6 +143,42 @@ class BridgesegCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.classes", "model.classes", apply_on="instantiate")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+
+    def _resolve_last_checkpoint(self) -> None:
+        """Point `--ckpt_path last` at `<default_root_dir>/checkpoints/last.ckpt`.
+
+        Lightning looks for "last" where its own ModelCheckpoint would write, which is under the logger's version
+        folder (a new one on every start) until the callbacks are set up, so it would never find the previous run's
+        checkpoint and would silently train from scratch.
+
+        Raises:
+            FileNotFoundError: `validate` or `test` with `--ckpt_path last` and no checkpoint there.
+        """
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        path = LastCheckpoint.path(self.trainer)
+        if os.path.isfile(path):
+            logger.info("Resuming from %s", path)
+            config["ckpt_path"] = path
+        elif self.subcommand == "fit":
+            # As Lightning does: `--ckpt_path last` may be set before the first start of a run.
+            logger.info("No checkpoint at %s yet: starting a new run", path)
+            config["ckpt_path"] = None
+        else:
+            raise FileNotFoundError(
+                f"--ckpt_path last: no checkpoint at {path}; check --trainer.default_root_dir or give the path"
+            )
+
+    def before_fit(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_validate(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_test(self) -> None:
+        self._resolve_last_checkpoint()
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         # Added here rather than in trainer_defaults: a plugin object there cannot be saved in config.yaml.
@@ -119,17 +191,31 @@ class BridgesegCLI(LightningCLI):
         ):
             # torch's SyncBatchNorm only runs on GPUs; on CPU every process keeps its own statistics.
             kwargs["sync_batchnorm"] = False
-        return super().instantiate_trainer(plugins=plugins, **kwargs)
+        trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
+        for callback in trainer.checkpoint_callbacks:
+            # Set now, not in setup(): Lightning resolves `--ckpt_path last` from the callbacks' folders before
+            # any setup hook runs.
+            if isinstance(callback, BestCheckpoint) and callback.dirpath is None:
+                callback.dirpath = checkpoint_dir(trainer)
+        return trainer
 
 
 def run_lightning_cli(argv: Sequence[str], run: bool = True) -> BridgesegCLI:
     """Run `fit`, `validate` or `test` with the given command-line arguments."""
-    return BridgesegCLI(
-        SegmentationModule,
-        SegmentationDataModule,
-        args=list(argv),
-        run=run,
-        trainer_defaults=trainer_defaults(),
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-    )
+    # The generated usage lists every option (several KB); a parse error shows this line and a --help tip instead.
+    usage = "%(prog)s [--config CONFIG.yaml] [--SECTION.KEY VALUE ...]"
+    parser_kwargs: dict[str, Any] = {"prog": "bridgeseg"}
+    parser_kwargs |= {name: {"usage": usage} for name in BridgesegCLI.subcommands()}
+    with warnings.catch_warnings():
+        # `bridgeseg.cli.main` passes sys.argv on as `args` on purpose; Lightning would warn about it on every run.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return BridgesegCLI(
+            SegmentationModule,
+            SegmentationDataModule,
+            args=list(argv),
+            run=run,
+            trainer_defaults=trainer_defaults(),
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            parser_kwargs=parser_kwargs,
+        )

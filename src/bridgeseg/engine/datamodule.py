@@ -1,12 +1,73 @@
-"""The Lightning data module: datasets, augmentation and loaders from a few config keys."""
+"""The Lightning data module: datasets, augmentation and loaders from a few config keys.
+
+The training order and augmentations are reproducible across restarts: each pass over the data is shuffled by a
+generator seeded from the run's seed and the iteration at which the pass starts, and each sample is augmented under
+its own seed. A run resumed from a checkpoint taken at the end of an epoch therefore sees exactly the data the
+uninterrupted run would have seen, whatever the number of loader workers. (Resumed in mid-epoch, Lightning starts a
+new pass for the rest of that epoch: reproducible, but a different order from the uninterrupted run.)
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bridgeseg.data.datasets import SegmentationDataset, create_dataset
 from bridgeseg.data.transforms import build_eval_transforms, build_train_transforms
+
+
+class SeededShuffle(Sampler[tuple[int, int]]):
+    """Shuffles anew on every pass, seeded from the run's seed and the iteration the pass starts at.
+
+    Yields `(index, sample_seed)` pairs for :class:`SeededSamples`. Unlike `RandomSampler`, whose order comes from
+    the global random state (which a restarted process does not have), the order depends only on where training
+    is, so a resumed run repeats it.
+
+    Args:
+        size: Number of samples.
+        seed: The run's seed.
+        start_step: Returns the current training iteration when a pass starts.
+    """
+
+    def __init__(self, size: int, seed: int, start_step: Callable[[], int]) -> None:
+        self.size = size
+        self.seed = seed
+        self.start_step = start_step
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        state = np.random.SeedSequence([self.seed, self.start_step()]).generate_state(2, np.uint32)
+        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        order = torch.randperm(self.size, generator=generator).tolist()
+        sample_seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
+        yield from zip(order, sample_seeds, strict=True)
+
+
+class SeededSamples(Dataset):
+    """Reads `dataset[index]` with torch's random state seeded by the key's sample seed, then restores it.
+
+    The augmentations draw from torch's global generator; seeding it per sample makes them independent of which
+    worker reads the sample and of what was drawn before.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, sample_seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.dataset[index]
 
 
 class SegmentationDataModule(pl.LightningDataModule):
@@ -61,6 +122,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.dataset_options = dict(dataset_options or {})
         self._datasets: dict[str, SegmentationDataset] = {}
+        # The CLI seeds torch (seed_everything) before building this module: the run's seed.
+        self.seed = torch.initial_seed()
 
     def _dataset(self, stage: str) -> SegmentationDataset:
         if stage not in self._datasets:
@@ -83,11 +146,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         """The prompt names of the dataset's classes, in label order (linked to the model by the CLI)."""
         return list(self._dataset("val").prompt_names)
 
+    def _global_step(self) -> int:
+        return self.trainer.global_step if self.trainer is not None else 0
+
     def train_dataloader(self) -> DataLoader:
+        dataset = self._dataset("train")
         return DataLoader(
-            self._dataset("train"),
+            SeededSamples(dataset),
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=SeededShuffle(len(dataset), self.seed, self._global_step),
             drop_last=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

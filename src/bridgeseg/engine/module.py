@@ -9,10 +9,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bridgeseg.engine.metrics import SegmentationMetric, format_table
 from bridgeseg.models import ModelConfig, Segmentor, create_model
+from bridgeseg.models.segmentor import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +125,7 @@ class SegmentationModule(pl.LightningModule):
         self.model = create_model(net)
         self.val_metric = SegmentationMetric(self.model.num_classes)
         self.test_metric = SegmentationMetric(self.model.num_classes)
+        self._padding_reported = False
 
     @property
     def classes(self) -> list[str]:
@@ -131,17 +134,42 @@ class SegmentationModule(pl.LightningModule):
     # -- training -------------------------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        losses = self.model.loss(batch)
+        losses = self.model.loss(self._pad_to_stride(batch))
         if not torch.isfinite(losses["loss"]):
+            # LastCheckpoint adds a note saying where the last checkpoint is.
             raise FloatingPointError(
                 f"the loss became {losses['loss'].item()} at iteration {self.global_step}; lower the learning "
-                "rate or use bf16 instead of fp16, and resume from the last good checkpoint "
-                "(`--ckpt_path last`)"
+                "rate (--model.lr) or use bf16 instead of fp16"
             )
         batch_size = batch["image"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, batch_size=batch_size)
         self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size)
         return losses["loss"]
+
+    def _pad_to_stride(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Pad crops to a multiple of the output stride, as `Segmentor.predict` pads at inference.
+
+        A crop such as 100 would otherwise reach the stride-32 features as a 3.125-cell grid whose upsampling no
+        longer lines up with the finer levels. The padding has the mean colour (0 after normalisation) and the
+        ignore label, so it adds compute but no loss.
+        """
+        stride = self.model.output_stride
+        images, masks = batch["image"], batch["mask"]
+        height, width = images.shape[-2:]
+        pad_h, pad_w = (-height) % stride, (-width) % stride
+        if not (pad_h or pad_w):
+            return batch
+        if not self._padding_reported:
+            self._padding_reported = True
+            logger.info(
+                "Training crops of %dx%d are padded to %dx%d (a multiple of the output stride %d); a crop size "
+                "that is a multiple of %d saves the extra compute",
+                height, width, height + pad_h, width + pad_w, stride, stride,
+            )  # fmt: skip
+        mean = self.model.pixel_mean.to(images)
+        images = F.pad(images - mean, (0, pad_w, 0, pad_h)) + mean
+        masks = F.pad(masks, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
+        return {**batch, "image": images, "mask": masks}
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

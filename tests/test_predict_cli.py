@@ -1,0 +1,137 @@
+"""`bridgeseg predict` through the real entry point: inputs, outputs, names, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bridgeseg.cli import main
+from bridgeseg.inference import _output_stems, save_checkpoint
+from bridgeseg.models import create_model
+from tests.conftest import CLASSES
+
+TINY = dict(backbone="test_resnet", fusion_dim=32, decoder_channels=16)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bridge checkpoint with stand-in class embeddings: no text encoder is loaded."""
+    embeddings = torch.nn.functional.normalize(torch.randn(len(CLASSES), 384), dim=-1)
+    model = create_model("bridge", class_embeddings=embeddings, classes=CLASSES, **TINY)
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "model")
+
+
+def write_image(path: Path, size: tuple[int, int] = (40, 50), seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def predict(checkpoint: Path, out: Path, *inputs: str | Path, options: tuple[str, ...] = ()) -> int:
+    return main(["predict", "--checkpoint", str(checkpoint), "--out", str(out), *options, *map(str, inputs)])
+
+
+def test_folder_and_glob_with_a_corrupt_file(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "folder"
+    write_image(folder / "a.png", (40, 50))
+    write_image(folder / "b.jpg", (33, 70), seed=1)
+    (folder / "notes.txt").write_text("not an image")  # not an image extension: not listed
+    write_image(tmp_path / "globbed" / "c.png", (64, 64), seed=2)
+    (tmp_path / "globbed" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+
+    code = predict(checkpoint, out, folder, tmp_path / "globbed" / "*.png", options=("--mode", "slide", "--tta"))
+    captured = capsys.readouterr()
+    assert code == 1
+    assert str(tmp_path / "globbed" / "broken.png") in captured.err
+    assert "wrote results for 3 of 4 images" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}{suffix}" for stem in "abc" for suffix in ("_mask.png", "_overlay.png", ".json")
+    )
+    for stem, (height, width) in {"a": (40, 50), "b": (33, 70), "c": (64, 64)}.items():
+        with Image.open(out / f"{stem}_mask.png") as mask:
+            assert mask.mode == "P" and mask.size == (width, height)
+            assert np.asarray(mask).max() < len(CLASSES)
+        with Image.open(out / f"{stem}_overlay.png") as rendered:
+            assert rendered.height >= height and rendered.width > width  # the legend panel
+        summary = json.loads((out / f"{stem}.json").read_text())
+        assert summary["width"] == width and summary["height"] == height
+        assert summary["label_names"] == CLASSES and set(summary["classes"]) <= set(CLASSES)
+        assert sum(summary["classes"].values()) == pytest.approx(1.0)
+        assert Path(summary["image"]).name.startswith(stem)
+
+
+def test_all_good_exits_0_and_open_vocabulary_classes(tmp_path: Path, capsys) -> None:
+    model = create_model("lseg", classes=CLASSES, text_encoder="minilm", **TINY)
+    checkpoint = save_checkpoint(model, tmp_path / "model")
+    image = write_image(tmp_path / "street.png")
+    assert predict(checkpoint, tmp_path / "out", image, options=("--classes", "sky, road,car,")) == 0
+    summary = json.loads((tmp_path / "out" / "street.json").read_text())
+    assert summary["label_names"] == ["sky", "road", "car"]
+    assert set(summary["classes"]) <= {"sky", "road", "car"}
+
+
+def test_output_names_never_escape_and_never_collide(checkpoint: Path, tmp_path: Path) -> None:
+    write_image(tmp_path / "one" / "img.png")
+    write_image(tmp_path / "two" / "img.png", seed=1)
+    write_image(tmp_path / "two" / "IMG.PNG", seed=2)
+    write_image(tmp_path / "odd" / "..  we?ird*name .png", seed=3)
+    inside = tmp_path / "work" / "out"
+    inside.mkdir(parents=True)
+    # A "../" path must not place outputs beside `out`.
+    code = predict(
+        checkpoint,
+        inside,
+        tmp_path / "work" / ".." / "one" / "img.png",
+        tmp_path / "two",
+        tmp_path / "odd",
+    )
+    assert code == 0
+    names = sorted(p.name for p in inside.iterdir())
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["out"]
+    assert len(names) == 4 * 3
+    stems = {name.rsplit(".", 1)[0] for name in names if name.endswith(".json")}
+    assert stems == {"img", "IMG_1", "img_2", "we_ird_name"}
+
+    # The naming rule on its own: no separators, no hidden or parent names, distinct case-insensitively.
+    paths = [Path("../x.png"), Path("/etc/x.png"), Path(".."), Path("a/.hidden.png"), Path("-rf.png"), Path("X.jpg")]
+    stems = _output_stems(paths)
+    assert stems == ["x", "x_1", "image", "hidden", "rf", "X_2"]
+    assert all("/" not in stem and not stem.startswith(".") for stem in stems)
+
+
+def test_many_classes_write_16_bit_masks(tmp_path: Path) -> None:
+    classes = [f"class {i}" for i in range(300)]
+    model = create_model("fpn", classes=classes, **TINY)
+    checkpoint = save_checkpoint(model, tmp_path / "model")
+    assert predict(checkpoint, tmp_path / "out", write_image(tmp_path / "x.png")) == 0
+    with Image.open(tmp_path / "out" / "x_mask.png") as mask:
+        assert mask.mode in ("I;16", "I") and mask.size == (50, 40)
+        assert np.asarray(mask).max() < 300
+
+
+def test_user_errors_are_one_line_with_exit_code_2(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    image = write_image(tmp_path / "x.png")
+    closed = save_checkpoint(create_model("fpn", classes=CLASSES, **TINY), tmp_path / "fpn")
+    cases = [
+        (closed, [image], ("--classes", "dog,car"), "closed-set"),
+        (tmp_path / "nowhere", [image], (), "no such checkpoint"),
+        (checkpoint, [tmp_path / "empty_dir"], (), "no image in this folder"),
+        (checkpoint, [image, tmp_path / "typo.png"], (), "typo.png: no such file"),
+        (checkpoint, [image], ("--classes", "sky,sky"), "duplicate"),
+    ]
+    (tmp_path / "empty_dir").mkdir()
+    for ckpt, inputs, options, message in cases:
+        code = predict(ckpt, tmp_path / "out", *inputs, options=options)
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert code in (1, 2), message
+    # Nothing found at all is a usage error; a missing input among good ones is a failure.
+    assert predict(checkpoint, tmp_path / "out", tmp_path / "empty_dir", tmp_path / "*.nothing") == 2
+    assert predict(checkpoint, tmp_path / "out", image, tmp_path / "typo.png") == 1
