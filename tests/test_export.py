@@ -1,0 +1,298 @@
+"""ONNX export: parity with PyTorch (onnxruntime), dynamic sizes and class counts, metadata, runtime, errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from bridgeseg.export import (
+    OnnxSegmenter,
+    check_parity,
+    export_command,
+    export_onnx,
+    read_metadata,
+)
+from bridgeseg.models import create_model
+
+CLASSES = ["sky", "grass", "cat"]
+TEXT_DIM = 384
+MAX_ABS_DIFF = 1e-4
+MIN_ARGMAX_AGREEMENT = 0.999
+# The export traces at 64x96; these are other multiples of 32, another batch size included.
+SIZES = ((64, 96), (128, 64), (96, 160))
+
+
+def _tiny(method: str) -> torch.nn.Module:
+    embeddings = None if method == "fpn" else F.normalize(torch.randn(len(CLASSES), TEXT_DIM), dim=-1)
+    return create_model(
+        method,
+        backbone="test_resnet",
+        classes=CLASSES,
+        class_embeddings=embeddings,
+        fusion_dim=32,
+        decoder_channels=16,
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Each tiny model exported once per form: {(method, open_vocab): (model, path)}."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("onnx")
+    models = {method: _tiny(method) for method in ("bridge", "lseg", "fpn")}
+    exports = {}
+    for method, open_vocab in [("bridge", False), ("bridge", True), ("lseg", False), ("lseg", True), ("fpn", False)]:
+        path = folder / f"{method}_{'open' if open_vocab else 'fixed'}.onnx"
+        exports[(method, open_vocab)] = (models[method], export_onnx(models[method], path, open_vocab=open_vocab))
+    return exports
+
+
+@pytest.mark.parametrize(("method", "open_vocab"), [("bridge", False), ("lseg", False), ("fpn", False)])
+def test_fixed_vocabulary_parity_at_other_sizes(exported: dict, method: str, open_vocab: bool) -> None:
+    model, path = exported[(method, open_vocab)]
+    report = check_parity(model, path, sizes=SIZES, batch=2)
+    assert report.num_classes == len(CLASSES)
+    assert report.max_abs_diff <= MAX_ABS_DIFF, report
+    assert report.argmax_agreement >= MIN_ARGMAX_AGREEMENT, report
+
+
+@pytest.mark.parametrize("method", ["bridge", "lseg"])
+def test_open_vocabulary_parity_with_other_class_counts(exported: dict, method: str) -> None:
+    model, path = exported[(method, True)]
+    for num_classes in (5, 1):
+        text_embeddings = F.normalize(torch.randn(num_classes, TEXT_DIM), dim=-1)
+        report = check_parity(model, path, text_embeddings=text_embeddings, sizes=SIZES[:2])
+        assert report.num_classes == num_classes
+        assert report.max_abs_diff <= MAX_ABS_DIFF, report
+        assert report.argmax_agreement >= MIN_ARGMAX_AGREEMENT, report
+
+
+def test_graph_inputs_and_outputs_are_dynamic(exported: dict) -> None:
+    import onnx
+
+    def dims(value_info: onnx.ValueInfoProto) -> list[str | int]:
+        return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+    fixed = onnx.load(str(exported[("bridge", False)][1]))
+    assert [i.name for i in fixed.graph.input] == ["images"]
+    assert dims(fixed.graph.input[0]) == ["batch", 3, "height", "width"]
+    assert dims(fixed.graph.output[0]) == ["batch", len(CLASSES), "height", "width"]
+    opened = onnx.load(str(exported[("bridge", True)][1]))
+    assert [i.name for i in opened.graph.input] == ["images", "text_embeddings"]
+    assert dims(opened.graph.input[1]) == ["num_classes", TEXT_DIM]
+    assert dims(opened.graph.output[0]) == ["batch", "num_classes", "height", "width"]
+
+
+def test_denseclip_fixed_vocabulary_parity(tmp_path) -> None:
+    # Closed-set, with nn.MultiheadAttention over the h*w pixels and an interpolated positional grid.
+    model = _tiny("denseclip")
+    path = export_onnx(model, tmp_path / "denseclip.onnx")
+    report = check_parity(model, path, sizes=SIZES)
+    assert report.max_abs_diff <= MAX_ABS_DIFF, report
+    assert report.argmax_agreement >= MIN_ARGMAX_AGREEMENT, report
+    with pytest.raises(ValueError, match="closed-set"):
+        export_onnx(model, tmp_path / "open.onnx", open_vocab=True)
+    with pytest.raises(ValueError, match="closed-set"):
+        export_onnx(model, tmp_path / "new.onnx", classes=["dog", "tree"])
+    assert not (tmp_path / "open.onnx").exists() and not (tmp_path / "new.onnx").exists()
+
+
+def test_metadata_round_trip(exported: dict) -> None:
+    model, path = exported[("bridge", True)]
+    metadata = read_metadata(path)
+    assert metadata["classes"] == CLASSES
+    assert metadata["method"] == "bridge"
+    assert metadata["text_encoder"] == model.config.text_encoder
+    assert metadata["text_dim"] == TEXT_DIM
+    assert metadata["open_vocab"] is True
+    assert metadata["size_multiple"] == 32
+    assert metadata["config"]["fusion_dim"] == 32
+    np.testing.assert_array_equal(metadata["class_embeddings"], model.class_embeddings.numpy())
+    fixed = read_metadata(exported[("fpn", False)][1])
+    assert fixed["open_vocab"] is False and fixed["text_dim"] == 0 and "class_embeddings" not in fixed
+
+
+def test_fixed_export_with_new_classes_bakes_their_embeddings(tmp_path, monkeypatch) -> None:
+    model = _tiny("bridge")
+    new_classes = ["dog", "tree", "road", "car"]
+    new_embeddings = F.normalize(torch.randn(len(new_classes), TEXT_DIM), dim=-1)
+    # Stands in for the text encoder, which the tiny model does not load.
+    monkeypatch.setattr(model, "text_embeddings", lambda classes=None: new_embeddings if classes else None)
+    path = export_onnx(model, tmp_path / "new.onnx", classes=new_classes)
+    assert read_metadata(path)["classes"] == new_classes
+    report = check_parity(model, path, text_embeddings=new_embeddings, sizes=SIZES[:2])
+    assert report.num_classes == len(new_classes)
+    assert report.max_abs_diff <= MAX_ABS_DIFF, report
+
+
+def test_onnx_segmenter_matches_segmentor_predict(exported: dict) -> None:
+    model, path = exported[("lseg", True)]
+    segmenter = OnnxSegmenter(path)
+    assert segmenter.classes == CLASSES and segmenter.open_vocabulary
+    image = torch.rand(3, 70, 100)  # not a multiple of 32: padded and cropped back
+    for mode, tta in [("whole", False), ("slide", True)]:
+        prediction = segmenter.predict(image, mode=mode, tta=tta, crop_size=64, stride=40, return_probs=True)
+        labels, probs = model.predict(image, mode=mode, flip=tta, crop_size=64, stride=40, return_probs=True)
+        assert prediction.labels.shape == (70, 100)
+        assert prediction.classes == CLASSES
+        np.testing.assert_allclose(prediction.probs, probs[0].numpy(), atol=1e-5)
+        assert (prediction.labels == labels[0].numpy()).mean() >= MIN_ARGMAX_AGREEMENT
+    uint8_image = (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    assert segmenter.predict(uint8_image).labels.shape == (70, 100)
+    assert sum(segmenter.predict(image).areas().values()) == pytest.approx(1.0)
+
+
+def test_onnx_segmenter_embeds_new_classes_with_the_metadata_text_encoder(exported: dict, monkeypatch) -> None:
+    import bridgeseg.models.text
+
+    model, path = exported[("bridge", True)]
+    new_classes = ["dog", "tree", "road", "car", "boat"]
+    new_embeddings = F.normalize(torch.randn(len(new_classes), TEXT_DIM), dim=-1)
+    requested = []
+
+    class FakeEncoder:
+        def encode(self, names: list[str], templates: list[str] | None = None) -> torch.Tensor:
+            return new_embeddings[[new_classes.index(name) for name in names]]
+
+    def fake_create_text_encoder(spec: str, templates: list[str] | None = None) -> FakeEncoder:
+        requested.append(spec)
+        return FakeEncoder()
+
+    monkeypatch.setattr(bridgeseg.models.text, "create_text_encoder", fake_create_text_encoder)
+    segmenter = OnnxSegmenter(path)
+    image = torch.rand(3, 64, 96)
+    prediction = segmenter.predict(image, classes=new_classes, return_probs=True)
+    assert requested == [model.config.text_encoder]
+    assert prediction.classes == new_classes and prediction.probs.shape == (len(new_classes), 64, 96)
+    with torch.inference_mode():
+        expected = model(image[None], new_embeddings).softmax(dim=1)[0].numpy()
+    np.testing.assert_allclose(prediction.probs, expected, atol=1e-5)
+
+
+def test_onnx_segmenter_rejects_new_classes_for_fixed_vocabulary(exported: dict) -> None:
+    segmenter = OnnxSegmenter(exported[("bridge", False)][1])
+    assert not segmenter.open_vocabulary
+    with pytest.raises(ValueError, match="fixed vocabulary"):
+        segmenter.predict(np.zeros((32, 32, 3), np.uint8), classes=["dog"])
+    with pytest.raises(ValueError, match="inference mode"):
+        segmenter.predict(np.zeros((32, 32, 3), np.uint8), mode="tiles")
+
+
+def test_onnx_segmenter_rejects_foreign_files(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="bridgeseg export"):
+        OnnxSegmenter(tmp_path / "missing.onnx")
+    import onnx
+
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["images"], ["logits"])],
+        "plain",
+        [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+    )
+    onnx.save(onnx.helper.make_model(graph), tmp_path / "plain.onnx")
+    with pytest.raises(ValueError, match="no bridgeseg metadata"):
+        OnnxSegmenter(tmp_path / "plain.onnx")
+
+
+def _args(**values: object) -> argparse.Namespace:
+    defaults = {
+        "checkpoint": "ckpt",
+        "format": None,
+        "out": None,
+        "onnx": None,
+        "classes": None,
+        "open_vocab": False,
+        "opset": 18,
+    }
+    return argparse.Namespace(**(defaults | values))
+
+
+def test_export_command(exported: dict, tmp_path, monkeypatch, capsys) -> None:
+    from bridgeseg.cli import UserError
+
+    inference = pytest.importorskip("bridgeseg.inference")
+    model = exported[("lseg", True)][0]
+    monkeypatch.setattr(inference, "load_segmentor", lambda path, device="cpu": model)
+    assert export_command(_args(onnx=str(tmp_path / "m.onnx"), open_vocab=True)) == 0
+    output = capsys.readouterr().out
+    assert "m.onnx" in output and "argmax agreement 100.000 %" in output
+    assert json.loads(json.dumps(read_metadata(tmp_path / "m.onnx")["classes"])) == CLASSES
+
+    fpn = exported[("fpn", False)][0]
+    monkeypatch.setattr(inference, "load_segmentor", lambda path, device="cpu": fpn)
+    with pytest.raises(UserError, match="closed-set"):
+        export_command(_args(onnx=str(tmp_path / "f.onnx"), open_vocab=True))
+    with pytest.raises(ValueError, match="closed-set"):
+        export_command(_args(onnx=str(tmp_path / "f.onnx"), classes="dog,tree"))
+
+
+def test_cli_export_then_predict_with_onnx_runtime(exported: dict, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from bridgeseg.cli import main
+
+    inference = pytest.importorskip("bridgeseg.inference")
+    checkpoint = inference.save_checkpoint(exported[("bridge", True)][0], tmp_path / "model")
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--onnx", str(onnx_path), "--open-vocab"]) == 0
+    assert "parity with PyTorch" in capsys.readouterr().out
+    converted = tmp_path / "converted"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(converted)]) == 0
+    assert (converted / "model.safetensors").is_file()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", str(onnx_path), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a_mask.png", "a_overlay.png"]
+    with Image.open(out / "a_mask.png") as mask:
+        assert mask.size == (70, 50)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({}, "give --onnx FILE"),
+        ({"format": "onnx"}, "needs --onnx"),
+        ({"format": "safetensors"}, "needs --out"),
+        ({"format": "safetensors", "out": "dir", "open_vocab": True}, "ONNX exports only"),
+        ({"onnx": "m.onnx", "out": "dir"}, "--out is for --format safetensors"),
+    ],
+)
+def test_export_command_argument_errors(values: dict, message: str) -> None:
+    from bridgeseg.cli import UserError
+
+    with pytest.raises(UserError, match=message):
+        export_command(_args(**values))
+
+
+def test_cli_reports_errors_in_one_line(capsys) -> None:
+    from bridgeseg.cli import main
+
+    assert main(["export", "--format", "safetensors"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --format safetensors needs --out DIR (the output folder)"
+
+
+def test_unknown_exporter_is_rejected(exported: dict, tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown exporter 'tflite'; use one of torchscript, dynamo"):
+        export_onnx(exported[("fpn", False)][0], tmp_path / "m.onnx", exporter="tflite")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("open_vocab", [False, True])
+def test_dynamo_exporter_parity(tmp_path, open_vocab: bool) -> None:
+    # About two minutes per export on two cores, hence slow; needs the optional onnxscript package.
+    pytest.importorskip("onnxscript")
+    model = _tiny("bridge")
+    path = export_onnx(model, tmp_path / "dynamo.onnx", open_vocab=open_vocab, exporter="dynamo")
+    text_embeddings = F.normalize(torch.randn(5, TEXT_DIM), dim=-1) if open_vocab else None
+    report = check_parity(model, path, text_embeddings=text_embeddings, sizes=SIZES[:2])
+    assert report.max_abs_diff <= MAX_ABS_DIFF, report
+    assert report.argmax_agreement >= MIN_ARGMAX_AGREEMENT, report
+    assert read_metadata(path)["open_vocab"] is open_vocab
