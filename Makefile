@@ -7,7 +7,11 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.bridgeseg-installed
 
-.PHONY: demo test test-slow lint format cost clean
+# Debian's Chromium drives the browser tests; Playwright's own browser download is never used.
+CHROMIUM ?= /usr/bin/chromium
+BROWSER_STAMP := $(VENV)/.bridgeseg-browser-installed
+
+.PHONY: demo test test-slow test-browser lint format cost clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +27,17 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+$(CHROMIUM):
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+$(BROWSER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,app]" "playwright>=1.40"
+	@touch $@
+
+test-browser: $(CHROMIUM) $(BROWSER_STAMP)
+	BRIDGESEG_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q -m browser
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,9 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-
 from bridgeseg.export import (
     OnnxSegmenter,
     check_parity,
@@ -216,9 +213,9 @@ def _args(**values: object) -> argparse.Namespace:
 
 
 def test_export_command(exported: dict, tmp_path, monkeypatch, capsys) -> None:
+    from bridgeseg import inference
     from bridgeseg.cli import UserError
 
-    inference = pytest.importorskip("bridgeseg.inference")
     model = exported[("lseg", True)][0]
     monkeypatch.setattr(inference, "load_segmentor", lambda path, device="cpu": model)
     assert export_command(_args(onnx=str(tmp_path / "m.onnx"), open_vocab=True)) == 0
@@ -237,9 +234,9 @@ def test_export_command(exported: dict, tmp_path, monkeypatch, capsys) -> None:
 def test_cli_export_then_predict_with_onnx_runtime(exported: dict, tmp_path, capsys) -> None:
     from PIL import Image
 
+    from bridgeseg import inference
     from bridgeseg.cli import main
 
-    inference = pytest.importorskip("bridgeseg.inference")
     checkpoint = inference.save_checkpoint(exported[("bridge", True)][0], tmp_path / "model")
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(checkpoint), "--onnx", str(onnx_path), "--open-vocab"]) == 0
@@ -287,8 +284,7 @@ def test_unknown_exporter_is_rejected(exported: dict, tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("open_vocab", [False, True])
 def test_dynamo_exporter_parity(tmp_path, open_vocab: bool) -> None:
-    # About two minutes per export on two cores, hence slow; needs the optional onnxscript package.
-    pytest.importorskip("onnxscript")
+    # About two minutes per export on two cores, hence slow; the dynamo exporter needs onnxscript (onnx extra).
     model = _tiny("bridge")
     path = export_onnx(model, tmp_path / "dynamo.onnx", open_vocab=open_vocab, exporter="dynamo")
     text_embeddings = F.normalize(torch.randn(5, TEXT_DIM), dim=-1) if open_vocab else None
