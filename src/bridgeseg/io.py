@@ -22,10 +22,12 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
 
     Raises:
         OSError: The write failed (e.g. no space left); the destination is untouched and the partial
-            temporary file removed.
+            temporary file removed. A process killed during the write (SIGKILL, power loss) cannot remove it: a
+            hidden `.<name>.<random>.tmp` may be left next to the destination, never a partial file under its name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
@@ -37,9 +39,8 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         if isinstance(error, OSError):
-            raise OSError(
-                error.errno, f"could not write {path}: {error.strerror}; the previous file is kept"
-            ) from error
+            kept = "the previous file is kept" if existed else "no partial file is left"
+            raise OSError(error.errno, f"could not write {path}: {error.strerror or error}; {kept}") from error
         raise
     with contextlib.suppress(OSError):
         # Persist the rename itself.

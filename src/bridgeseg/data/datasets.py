@@ -103,10 +103,20 @@ def _open(path: Path, what: str) -> Image.Image:
         return Image.open(path)
     except FileNotFoundError as exc:
         raise DatasetNotFoundError(f"{path}: {what} file not found; restore it or remove it from the split") from exc
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(_bomb_message(path, what, exc)) from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DatasetError(
             f"{path}: cannot read {what} ({exc}); the file is corrupt or not an image: replace it or remove it"
         ) from exc
+
+
+def _bomb_message(path: Path, what: str, exc: Exception) -> str:
+    # PIL's limit (Image.MAX_IMAGE_PIXELS) stays on: a few bytes of header can otherwise claim gigapixels.
+    return (
+        f"{path}: {what} refused by PIL's decompression-bomb guard ({exc}); a file this large is corrupt or "
+        f"hostile, or a genuine huge image: downscale or tile it below {Image.MAX_IMAGE_PIXELS} pixels"
+    )
 
 
 def _orientation(image: Image.Image) -> int:
@@ -121,7 +131,9 @@ def _load_pixels(image: Image.Image, path: Path, what: str) -> tuple[Image.Image
     """Decode ``image`` and apply its EXIF orientation."""
     try:
         image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(_bomb_message(path, what, exc)) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(
             f"{path}: cannot decode {what} ({exc}); the file is corrupt or truncated: replace it or remove it"
         ) from exc
@@ -850,7 +862,8 @@ def read_class_file(path: str | os.PathLike[str]) -> list[str]:
 
     Raises:
         DatasetNotFoundError: The file does not exist.
-        DatasetError: The file is empty or has a blank line between names (it would shift every index after it).
+        DatasetError: The file is empty, has a blank line between names (it would shift every index after it) or
+            names a class twice.
     """
     path = Path(path)
     if not path.is_file():
@@ -862,9 +875,17 @@ def read_class_file(path: str | os.PathLike[str]) -> list[str]:
         lines.pop()
     if not lines:
         raise DatasetError(f"{path}: class list is empty; write one class name a line, in index order")
+    first_line: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        name = line.strip()
+        if not name:
             raise DatasetError(f"{path}: line {number} is blank; every line up to the last names one class")
+        if name in first_line:
+            raise DatasetError(
+                f"{path}: line {number} repeats class {name!r} of line {first_line[name]}; give each label a distinct "
+                "name (two labels with one name get one text embedding and cannot be told apart)"
+            )
+        first_line[name] = number
     return [line.rstrip("\r\n") for line in lines]
 
 

@@ -98,19 +98,31 @@ class LastCheckpoint(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._save(trainer, pl_module)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path and os.path.abspath(trainer.ckpt_path) == os.path.abspath(self.path(trainer)):
+            self._saved_step = trainer.global_step  # resumed from it: it holds this iteration
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, FloatingPointError):
-            return
+        if isinstance(exception, FloatingPointError):
+            exception.add_note(self._describe(trainer))
+
+    def _describe(self, trainer: pl.Trainer) -> str:
+        """Where to resume after a non-finite loss at `trainer.global_step`."""
         path = self.path(trainer)
-        if self._saved_step >= 0:
-            exception.add_note(
-                f"the last checkpoint, from iteration {self._saved_step}, is {path}: resume from it with "
-                "`--ckpt_path last`"
+        if not os.path.isfile(path):
+            return f"no checkpoint was saved before it (none at {path}): start again with a lower learning rate"
+        if self._saved_step < 0:
+            return f"the last checkpoint is {path}: resume from it with `--ckpt_path last` and a lower learning rate"
+        if self._saved_step < trainer.global_step:
+            # Training went on from those weights, so they gave a finite loss.
+            return (
+                f"the last good checkpoint, from iteration {self._saved_step}, is {path}: resume from it with "
+                "`--ckpt_path last` and a lower learning rate"
             )
-        elif os.path.isfile(path):
-            exception.add_note(f"the last checkpoint is {path}: resume from it with `--ckpt_path last`")
-        else:
-            exception.add_note(f"no checkpoint was saved before it (none at {path}): start the run again")
+        return (
+            f"the last checkpoint, {path}, holds the weights of iteration {self._saved_step} that gave this loss: "
+            "start again with a lower learning rate, or from an earlier checkpoint (e.g. best.ckpt)"
+        )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
