@@ -209,13 +209,13 @@ class MosaicDifficulty:
         val_fraction: Share of each photo's usable area (along its long side) reserved for val regions.
     """
 
-    num_regions: tuple[int, int] = (3, 7)
+    num_regions: tuple[int, int] = (4, 8)
     scale_range: tuple[float, float] = (0.75, 1.5)
-    max_rotation: float = 30.0
+    max_rotation: float = 60.0
     flip: bool = True
-    colour_jitter: float = 0.4
-    boundary_jitter: float = 0.05
-    noise: float = 0.02
+    colour_jitter: float = 0.5
+    boundary_jitter: float = 0.06
+    noise: float = 0.03
     num_classes: int | None = None
     photo_scale: float = 2.5
     val_fraction: float = 0.3

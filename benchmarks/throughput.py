@@ -1,0 +1,141 @@
+"""Training throughput (images/s) of `bridge` vs `fpn` on EfficientNet-Lite0 at 256x256.
+
+Both models are built in one process and measured in alternating rounds (bridge, fpn, bridge, fpn, ...) so
+that load from other work on the machine hits both about equally. A step is what the engine's training step
+does: `model.loss(batch)`, backward, AdamW step (same parameter groups as the engine). Random images and masks;
+no data loading.
+
+Usage:
+    python benchmarks/throughput.py                  # writes benchmarks/results/throughput.md
+    python benchmarks/throughput.py --size 128 --batch-size 16 --rounds 5 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+logger = logging.getLogger("throughput")
+
+
+def build(method: str, classes: list[str]) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """A model in training mode and the engine's AdamW over its parameter groups."""
+    from bridgeseg.engine.module import parameter_groups
+    from bridgeseg.models import create_model
+
+    model = create_model(method, backbone="efficientnet_lite0", pretrained=True, text_encoder="minilm", classes=classes)
+    model.train()
+    groups = parameter_groups(model, lr=1e-4, weight_decay=1e-4, backbone_lr_mult=0.1)
+    return model, torch.optim.AdamW(groups, lr=1e-4, weight_decay=1e-4)
+
+
+def train_steps(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, steps: int
+) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (all threads of this process) for `steps` optimiser steps."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        loss = model.loss(batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timed rounds per model")
+    parser.add_argument("--steps", type=int, default=6, help="optimiser steps per round")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", default=str(RESULTS / "throughput.md"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    sys.path.insert(0, str(REPO / "src"))
+    from bridgeseg.data.mosaic import mosaic_classes
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    classes = mosaic_classes()
+    batch = {
+        "image": torch.rand(args.batch_size, 3, args.size, args.size),
+        "mask": torch.randint(0, len(classes), (args.batch_size, args.size, args.size)),
+    }
+    methods = ("bridge", "fpn")
+    models = {method: build(method, classes) for method in methods}
+    for model, optimizer in models.values():
+        train_steps(model, optimizer, batch, args.warmup)
+    rates: dict[str, list[float]] = {method: [] for method in methods}
+    cpu_rates: dict[str, list[float]] = {method: [] for method in methods}
+    for round_index in range(args.rounds):
+        # Alternate which model goes first, so neither always follows the other.
+        for method in methods if round_index % 2 == 0 else reversed(methods):
+            model, optimizer = models[method]
+            seconds, cpu_seconds = train_steps(model, optimizer, batch, args.steps)
+            rates[method].append(args.steps * args.batch_size / seconds)
+            cpu_rates[method].append(args.steps * args.batch_size / cpu_seconds)
+            logger.info(
+                "round %d %s: %.2f img/s, %.2f img per CPU-second",
+                round_index,
+                method,
+                rates[method][-1],
+                cpu_rates[method][-1],
+            )
+    # Rounds run back to back, so the ratio within a round cancels most of the load that other work adds.
+    round_ratios = [bridge / fpn for bridge, fpn in zip(rates["bridge"], rates["fpn"], strict=True)]
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    median = {method: statistics.median(values) for method, values in rates.items()}
+    cpu_median = {method: statistics.median(values) for method, values in cpu_rates.items()}
+    lines = [
+        "# Training throughput: bridge vs fpn (generated by `benchmarks/throughput.py`)",
+        "",
+        f"EfficientNet-Lite0 (ImageNet weights), MiniLM text embeddings (cached), 13 classes, "
+        f"{args.size}x{args.size}, batch {args.batch_size}, fp32, CPU, {torch.get_num_threads()} torch threads. "
+        "One step = `model.loss(batch)` + backward + AdamW step, random inputs (no data loading). "
+        f"{args.warmup} warm-up steps per model, then {args.rounds} alternating rounds of {args.steps} steps.",
+        "",
+        "| method | img/s (median of rounds) | min | max | s/step (median) | img per CPU-second (median) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for method in methods:
+        values = rates[method]
+        lines.append(
+            f"| {method} | {median[method]:.2f} | {min(values):.2f} | {max(values):.2f} | "
+            f"{args.batch_size / median[method]:.3f} | {cpu_median[method]:.2f} |"
+        )
+    lines += [
+        "",
+        f"bridge / fpn throughput: {statistics.median(round_ratios):.2f} (median of the per-round ratios "
+        f"{', '.join(f'{r:.2f}' for r in round_ratios)}); {cpu_median['bridge'] / cpu_median['fpn']:.2f} in images "
+        "per CPU-second, which is less sensitive to other work on the machine.",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; 1-minute load average "
+        f"at the end {load:.1f} (shared with other work: absolute numbers are noisy, the ratio less so). "
+        f"Measured {datetime.date.today().isoformat()}.",
+        "",
+    ]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
