@@ -226,7 +226,7 @@ def run_all(runs: list[Run], budget: Budget, data_dir: Path, raw_dir: Path, work
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_worker_init, initargs=(budget.threads,), max_tasks_per_child=8
+        workers, mp_context=context, initializer=_worker_init, initargs=(budget.threads,)
     ) as pool:
         futures = {pool.submit(_execute, run, budget, data_dir, raw_dir): run for run in todo}
         for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
@@ -278,7 +278,7 @@ def aggregate(runs: list[Run], raw_dir: Path, budget: Budget) -> dict[str, Any]:
             groups.setdefault(key, []).append(records[run.name])
 
     def summary(items: list[dict]) -> dict[str, Any]:
-        mious = [item["mIoU"] for item in items]
+        mious = [round(item["mIoU"], 2) for item in items]  # rounded first, so every table shows the same mean
         speeds = [item["train_images_per_s"] for item in items if item["train_images_per_s"]]
         mean, std = _mean_std(mious)
         return {
@@ -341,8 +341,8 @@ def to_markdown(summary: dict[str, Any], runs: list[Run], raw_dir: Path) -> str:
         "",
         "mIoU on mosaic val (mean ± sample std over seeds). Params without the text encoder; GFLOPs for one "
         f"{budget['crop_size']}x{budget['crop_size']} image (2 FLOPs per multiply-add, 13 classes); train img/s is "
-        "end to end (data loading included), one thread, with another run beside it: a rough figure "
-        "(see throughput.md for a controlled one).",
+        "end to end (data loading included), one thread, with another run beside it, on a machine shared with other "
+        "jobs (load 2-9 on 2 cores): identical settings vary up to 3x between runs, so use throughput.md for speed.",
         "",
         "| backbone | method | mIoU | params (M) | GFLOPs | train img/s |",
         "|---|---|---:|---:|---:|---:|",

@@ -104,21 +104,19 @@ def ensure_mosaic(data_dir: str | os.PathLike[str], num_train: int, num_val: int
 def _fit_arguments(
     data_dir: Path, run_dir: Path, quick: bool, max_steps: int | None, batch_size: int | None, crop_size: int | None
 ) -> list[str]:
-    """Command-line overrides of the demo config."""
+    """`bridgeseg fit` arguments: the demo config plus overrides."""
     overrides = {"--data.root": str(data_dir), "--trainer.default_root_dir": str(run_dir)}
     if quick:
-        max_steps = max_steps or _QUICK_STEPS
-        overrides |= {"--data.batch_size": str(batch_size or 2), "--data.num_workers": "0"}
-        overrides["--data.crop_size"] = str(crop_size or 64)
-        overrides["--model.warmup_iters"] = "1"
+        max_steps, batch_size, crop_size = max_steps or _QUICK_STEPS, batch_size or 2, crop_size or 64
+        overrides["--data.num_workers"] = "0"
     if max_steps:
-        # Validate once, at the end (the progress bar still shows the whole run).
-        overrides |= {"--trainer.max_steps": str(max_steps), "--trainer.val_check_interval": str(max_steps)}
-        if not quick:
-            overrides["--model.warmup_iters"] = str(max(1, max_steps // 20))
-    if batch_size and not quick:
+        # One validation, at the end; warmup kept at the config's share of the schedule (30 of 600).
+        overrides["--trainer.max_steps"] = str(max_steps)
+        overrides["--trainer.val_check_interval"] = str(max_steps)
+        overrides["--model.warmup_iters"] = str(max(1, max_steps // 20))
+    if batch_size:
         overrides["--data.batch_size"] = str(batch_size)
-    if crop_size and not quick:
+    if crop_size:
         overrides["--data.crop_size"] = str(crop_size)
     return ["fit", "--config", str(DEMO_CONFIG), *(item for pair in overrides.items() for item in pair)]
 
@@ -289,7 +287,8 @@ def run_demo(
     print(f"  overlays     {overlay_dir}   ({len(val_overlays)} val images, {len(photos)} whole photos)")
     photo, open_classes = OPEN_VOCABULARY_EXAMPLE
     open_path = photos[f"open_vocab_{photo.replace(' ', '_')}"]["path"]
-    print(f"  open vocab   {open_path}   (classes not trained on: {', '.join(open_classes)})")
+    unseen = [name for name in open_classes if name not in classes]
+    print(f"  open vocab   {open_path}   ({', '.join(open_classes)}; never trained on: {', '.join(unseen)})")
     print(f"  logs         {out_dir / 'run'}")
     print(f"  data         {data_dir}" + (" (generated now)" if generated else " (reused)"))
     return metrics

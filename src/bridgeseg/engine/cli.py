@@ -156,6 +156,9 @@ class BridgesegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.classes", "model.classes", apply_on="instantiate")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        if any(action.dest == "weights_only" for action in parser._actions):
+            # Resume and evaluation read checkpoints without unpickling code (ours hold plain types only).
+            parser.set_defaults(weights_only=True)
 
     def _resolve_last_checkpoint(self) -> None:
         """Point `--ckpt_path last` at `<default_root_dir>/checkpoints/last.ckpt`.
