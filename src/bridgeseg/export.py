@@ -518,19 +518,14 @@ class OnnxSegmenter:
         self, image: np.ndarray, text_embeddings: np.ndarray | None, num_classes: int, crop_size: int, stride: int
     ) -> np.ndarray:
         """mmseg's slide inference (as `Segmentor.predict`): average the logits of overlapping windows."""
-        if stride <= 0 or crop_size <= 0:
-            raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}")
+        from bridgeseg.models.segmentor import slide_windows
+
         height, width = image.shape[-2:]
-        rows = max(height - crop_size + stride - 1, 0) // stride + 1
-        cols = max(width - crop_size + stride - 1, 0) // stride + 1
         logits = np.zeros((num_classes, height, width), dtype=np.float32)
         counts = np.zeros((1, height, width), dtype=np.float32)
-        for row in range(rows):
-            for col in range(cols):
-                y2, x2 = min(row * stride + crop_size, height), min(col * stride + crop_size, width)
-                y1, x1 = max(y2 - crop_size, 0), max(x2 - crop_size, 0)
-                logits[:, y1:y2, x1:x2] += self.logits(image[:, y1:y2, x1:x2], text_embeddings)
-                counts[:, y1:y2, x1:x2] += 1
+        for y1, y2, x1, x2 in slide_windows(height, width, crop_size, stride):
+            logits[:, y1:y2, x1:x2] += self.logits(image[:, y1:y2, x1:x2], text_embeddings)
+            counts[:, y1:y2, x1:x2] += 1
         return logits / counts
 
     def predict(

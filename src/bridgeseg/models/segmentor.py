@@ -371,23 +371,34 @@ class Segmentor(nn.Module):
 
     def _slide_logits(self, images: Tensor, text_embeddings: Tensor | None, crop_size: int, stride: int) -> Tensor:
         """mmseg's slide inference: average the logits of overlapping windows."""
-        if stride <= 0 or crop_size <= 0:
-            raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}")
         batch, _, height, width = images.shape
-        rows = max(height - crop_size + stride - 1, 0) // stride + 1
-        cols = max(width - crop_size + stride - 1, 0) // stride + 1
         logits = images.new_zeros((batch, self._num_outputs(text_embeddings), height, width))
         counts = images.new_zeros((1, 1, height, width))
-        for row in range(rows):
-            for col in range(cols):
-                y2, x2 = min(row * stride + crop_size, height), min(col * stride + crop_size, width)
-                y1, x1 = max(y2 - crop_size, 0), max(x2 - crop_size, 0)
-                logits[..., y1:y2, x1:x2] += self._padded_logits(images[..., y1:y2, x1:x2], text_embeddings)
-                counts[..., y1:y2, x1:x2] += 1
+        for y1, y2, x1, x2 in slide_windows(height, width, crop_size, stride):
+            logits[..., y1:y2, x1:x2] += self._padded_logits(images[..., y1:y2, x1:x2], text_embeddings)
+            counts[..., y1:y2, x1:x2] += 1
         return logits / counts
 
     def _num_outputs(self, text_embeddings: Tensor | None) -> int:
         return self.num_classes if text_embeddings is None else text_embeddings.shape[-2]
+
+
+def slide_windows(height: int, width: int, crop_size: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """The windows (y1, y2, x1, x2) of mmseg's slide inference; the last row and column end at the border.
+
+    Raises:
+        ValueError: `crop_size` or `stride` is not positive.
+    """
+    if stride <= 0 or crop_size <= 0:
+        raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}")
+    rows = max(height - crop_size + stride - 1, 0) // stride + 1
+    cols = max(width - crop_size + stride - 1, 0) // stride + 1
+    windows = []
+    for row in range(rows):
+        for col in range(cols):
+            y2, x2 = min(row * stride + crop_size, height), min(col * stride + crop_size, width)
+            windows.append((max(y2 - crop_size, 0), y2, max(x2 - crop_size, 0), x2))
+    return windows
 
 
 def _cross_entropy(logits: Tensor, masks: Tensor) -> Tensor:
