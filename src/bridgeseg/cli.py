@@ -189,7 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from bridgeseg.engine.cli import run_lightning_cli
 
-        return _run_guarded(lambda: run_lightning_cli(argv) and 0, debug)
+        def run_lightning() -> None:
+            run_lightning_cli(argv)
+
+        return _run_guarded(run_lightning, debug)
     args = build_parser().parse_args(argv)
     return _run_guarded(lambda: args.run(args), debug)
 
