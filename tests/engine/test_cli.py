@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,14 @@ def test_two_process_ddp_on_cpu_ends_with_identical_weights(data_root: Path, tmp
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     assert len(rank0) > 50
+
+
+def test_fit_prints_none_of_lightnings_expected_warnings(data_root: Path, tmp_path: Path) -> None:
+    """The frozen text encoder's eval mode, the TensorBoard notice and Lightning's pytree deprecation are expected
+    on every run; they would bury the warnings that matter."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["fit", *fit_args(data_root, tmp_path / "run", max_steps=1)]) == 0
+    messages = [str(warning.message) for warning in caught]
+    for expected in ("module(s) in eval mode", "tensorboardX", "LeafSpec"):
+        assert not [message for message in messages if expected in message], messages

@@ -224,6 +224,12 @@ def run_lightning_cli(argv: Sequence[str], run: bool = True) -> BridgesegCLI:
     with warnings.catch_warnings():
         # `bridgeseg.cli.main` passes sys.argv on as `args` on purpose; Lightning would warn about it on every run.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        # The frozen text encoder stays in eval mode on purpose (`TextEncoder.train`); Lightning counts its modules.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        # Lightning's default logger is CSVLogger without TensorBoard; it says so on every run.
+        warnings.filterwarnings("ignore", message="Starting from v1.9.0, `tensorboardX` has been removed")
+        # Raised inside Lightning's own pytree helper by newer torch; nothing a user can act on.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         return BridgesegCLI(
             SegmentationModule,
             SegmentationDataModule,
