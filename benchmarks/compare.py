@@ -314,6 +314,12 @@ def aggregate(runs: list[Run], raw_dir: Path, budget: Budget) -> dict[str, Any]:
         "total_train_wall_time_s": round(sum(r["wall_time_s"] for r in records.values()), 1),
         "main": main,
         "ablation": ablation,
+        "runs": [
+            {key: records[run.name][key] for key in ("run", "seed", "mIoU", "wall_time_s", "finished")}
+            | {"mIoU": round(records[run.name]["mIoU"], 2), "wall_time_s": round(records[run.name]["wall_time_s"], 1)}
+            for run in runs
+            if run.name in records
+        ],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads per run {budget.threads}",
     }
 
@@ -372,6 +378,20 @@ def to_markdown(summary: dict[str, Any], runs: list[Run], raw_dir: Path) -> str:
     ]
     for row in summary["ablation"]:
         lines.append(f"| {row['variant']} | {_cell(row['mIoU_runs'])} | {row['params_M']:.2f} | {row['GFLOPs']:.3f} |")
+    lines += [
+        "",
+        "## Every run",
+        "",
+        "Wall time covers building the model, training, validation and the cost count, with another run beside it.",
+        "",
+        "| run | seed | mIoU | wall time (s) | finished |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for record in summary["runs"]:
+        lines.append(
+            f"| {record['run']} | {record['seed']} | {record['mIoU']:.2f} | {record['wall_time_s']:.0f} | "
+            f"{record['finished']} |"
+        )
     shown = raw_dir.resolve().relative_to(REPO) if raw_dir.resolve().is_relative_to(REPO) else raw_dir
     lines += ["", f"Per-run records: `{shown}/<run>.json` (git-ignored).", ""]
     return "\n".join(lines)
