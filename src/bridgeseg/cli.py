@@ -36,10 +36,22 @@ def _cost(args: argparse.Namespace) -> None:
 
     classes = [f"class {i}" for i in range(args.num_classes)]
     reports = {}
+    first_with_text = None  # its text encoder and class embeddings serve every other method
     for method in args.methods or list_methods():
+        embeddings = first_with_text.class_embeddings if first_with_text is not None else None
         model = create_model(
-            method, backbone=args.backbone, text_encoder=args.text_encoder, classes=classes, pretrained=False
+            method,
+            class_embeddings=embeddings,
+            backbone=args.backbone,
+            text_encoder=args.text_encoder,
+            classes=classes,
+            pretrained=False,
         )
+        if model.uses_text:
+            if first_with_text is None:
+                first_with_text = model
+            elif model.text_encoder is None:
+                model.text_encoder = first_with_text.text_encoder  # counted in its parameters, never run
         reports[f"{method} / {args.backbone}"] = cost_report(model, args.size)
     print(f"Cost at {args.size}x{args.size}, {args.num_classes} classes (FLOPs: 2 per multiply-add)")
     print(format_cost_table(reports))
