@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # torch/torchvision pair installed before the project; override for another platform or CUDA build,
 # e.g. `make test TORCH_SPEC="torch torchvision"`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# The demo needs only the package; the tests, lint and extras (ONNX, nuclei, web app) add the dev extra.
+BASE_STAMP := $(VENV)/.bridgeseg-base-installed
 STAMP := $(VENV)/.bridgeseg-installed
 
 # Debian's Chromium drives the browser tests; Playwright's own browser download is never used.
@@ -13,13 +15,20 @@ BROWSER_STAMP := $(VENV)/.bridgeseg-browser-installed
 
 .PHONY: demo test test-slow test-browser lint format cost clean
 
-$(STAMP): pyproject.toml
+$(BASE_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing $(TORCH_SPEC) into $(VENV) (a few GB; the longest step of the set-up)"
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	@echo "Installing bridgeseg and its dependencies"
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+$(STAMP): $(BASE_STAMP)
+	@echo "Installing the test, lint, ONNX, nuclei and web-app extras"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $@
 
-demo: $(STAMP)
+demo: $(BASE_STAMP)
 	$(VENV)/bin/bridgeseg demo
 
 test: $(STAMP)
@@ -47,7 +56,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-cost: $(STAMP)
+cost: $(BASE_STAMP)
 	$(VENV)/bin/bridgeseg cost --backbone efficientnet_lite0 --size 512 --num-classes 150
 
 clean:
