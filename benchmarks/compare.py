@@ -11,7 +11,7 @@ Each finished run writes `benchmarks/results/compare.raw/<run>.json`; a restarte
 can be killed and resumed at any time. The aggregate goes to `benchmarks/results/compare.md` and `.json`.
 
 Usage:
-    python benchmarks/compare.py                      # everything (about 1 h on 2 idle CPU cores)
+    python benchmarks/compare.py                      # everything: 57 runs, about 65 min on 2 idle CPU cores
     python benchmarks/compare.py --only main          # the method x backbone table only
     python benchmarks/compare.py --aggregate-only     # rebuild the tables from the finished runs
     nohup .venv/bin/python benchmarks/compare.py > benchmarks/results/compare.raw/log.txt 2>&1 &
@@ -312,6 +312,9 @@ def aggregate(runs: list[Run], raw_dir: Path, budget: Budget) -> dict[str, Any]:
         "finished_runs": len(records),
         "complete": len(records) == len(runs),
         "total_train_wall_time_s": round(sum(r["wall_time_s"] for r in records.values()), 1),
+        "median_wall_time_s": round(statistics.median(r["wall_time_s"] for r in records.values()), 1)
+        if records
+        else 0.0,
         "main": main,
         "ablation": ablation,
         "runs": [
@@ -339,16 +342,20 @@ def to_markdown(summary: dict[str, Any], runs: list[Run], raw_dir: Path) -> str:
         f"crop {budget['crop_size']}x{budget['crop_size']}, AdamW lr {budget['lr']:g} (backbone x0.1 when "
         f"ImageNet-pretrained, x1 from scratch), wd 1e-4, {budget['warmup_iters']} warmup iterations then poly 0.9; "
         "MiniLM text embeddings; validation on the 100 whole 192x192 val images of the default mosaic. "
-        f"{budget['threads']} torch thread per run, two runs at a time on a 2-core machine shared with other work.",
+        f"{budget['threads']} torch thread per run, two runs at a time on 2 CPU cores.",
         "",
-        f"Sum of the runs' wall times: {summary['total_train_wall_time_s'] / 3600:.2f} h (two in parallel).",
+        f"Wall time: the runs' sum is {summary['total_train_wall_time_s'] / 3600:.2f} h, i.e. "
+        f"{summary['total_train_wall_time_s'] / 3600 / 2:.2f} h elapsed with two in parallel, including runs "
+        f"slowed by other work on the machine (see the last table); the median run took "
+        f"{summary['median_wall_time_s']:.0f} s, which puts all {summary['planned_runs']} runs at about "
+        f"{summary['planned_runs'] * summary['median_wall_time_s'] / 2 / 60:.0f} min on two otherwise idle cores.",
         "",
         "## Methods x backbones",
         "",
         "mIoU on mosaic val (mean ± sample std over seeds). Params without the text encoder; GFLOPs for one "
         f"{budget['crop_size']}x{budget['crop_size']} image (2 FLOPs per multiply-add, 13 classes); train img/s is "
-        "end to end (data loading included), one thread, with another run beside it, on a machine shared with other "
-        "jobs (load 2-9 on 2 cores): identical settings vary up to 3x between runs, so use throughput.md for speed.",
+        "end to end (data loading included), one thread, with another run beside it; where other work shared the "
+        "machine, identical settings varied up to 3x between runs, so use throughput.md for speed.",
         "",
         "| backbone | method | mIoU | params (M) | GFLOPs | train img/s |",
         "|---|---|---:|---:|---:|---:|",
@@ -403,9 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=str(REPO / "data" / "mosaic"), help="mosaic folder (generated if absent)")
     parser.add_argument("--raw-dir", default=str(RAW), help="per-run records")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument(
-        "--ablation-seeds", type=int, nargs="+", default=[0], help="one seed by default, to fit the time budget"
-    )
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the ablation runs")
     parser.add_argument("--only", choices=["main", "ablation"])
     parser.add_argument("--iterations", type=int, default=Budget.iterations)
     parser.add_argument("--batch-size", type=int, default=Budget.batch_size)
