@@ -195,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `bridgeseg` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Lightning prints through a handler of its own on the "lightning" logger and passes every record on to the
+    # root logger as well, which would print it a second time.
+    logging.getLogger("lightning").propagate = False
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")

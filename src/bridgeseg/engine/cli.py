@@ -84,7 +84,7 @@ class LastCheckpoint(pl.Callback):
                 self.path(trainer),
             )
             return
-        trainer.save_checkpoint(self.path(trainer))
+        trainer.save_checkpoint(self.path(trainer), weights_only=False)  # the full state, for resume
         self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
@@ -213,6 +213,18 @@ class BridgesegCLI(LightningCLI):
             if isinstance(callback, BestCheckpoint) and callback.dirpath is None:
                 callback.dirpath = checkpoint_dir(trainer)
         return trainer
+
+
+class _NoAdvertisement(logging.Filter):
+    """Drop Lightning's "💡 Tip" lines, which advertise a hosted service on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")
+
+
+_RANK_ZERO_LOGGER = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+if not any(isinstance(item, _NoAdvertisement) for item in _RANK_ZERO_LOGGER.filters):
+    _RANK_ZERO_LOGGER.addFilter(_NoAdvertisement())
 
 
 def run_lightning_cli(argv: Sequence[str], run: bool = True) -> BridgesegCLI:
