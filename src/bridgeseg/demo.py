@@ -1,6 +1,6 @@
 """The offline quickstart behind `make demo` / `bridgeseg demo`: data, training, evaluation, overlays.
 
-Everything runs on the CPU without a network, in about 5–7 minutes on two cores:
+Everything runs on the CPU without a network, in about 6 minutes on two cores:
 
 1. generate the photo-mosaic stand-in dataset (`bridgeseg.data.mosaic`) into `data/mosaic`, or reuse it when it
    is already there with the same parameters;
