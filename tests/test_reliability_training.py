@@ -169,7 +169,10 @@ def test_huge_learning_rate_stops_the_run(data_root: Path, tmp_path: Path, capsy
 def test_non_finite_weights_never_replace_the_last_checkpoint(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     saved: list[str] = []
     trainer = SimpleNamespace(
-        global_step=7, sanity_checking=False, default_root_dir=str(tmp_path), save_checkpoint=saved.append
+        global_step=7,
+        sanity_checking=False,
+        default_root_dir=str(tmp_path),
+        save_checkpoint=lambda path, **_: saved.append(path),
     )
     module = torch.nn.Linear(2, 2)
     callback = LastCheckpoint(every_n_steps=1)

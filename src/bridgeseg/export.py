@@ -572,6 +572,9 @@ class OnnxSegmenter:
                 logits = self._slide_logits(view, text_embeddings, len(names), crop_size, stride)
             if mirrored:
                 logits = logits[..., ::-1]
+            if len(views) == 1 and not return_probs:
+                # As `Segmentor.predict`: softmax keeps the order of the classes, so no probabilities are needed.
+                return Prediction(labels=logits.argmax(axis=0).astype(np.int64), classes=list(names), probs=None)
             view_probs = _softmax(logits.astype(np.float32))
             probs = view_probs if probs is None else probs + view_probs
         probs = probs / len(views)

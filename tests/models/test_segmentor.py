@@ -94,6 +94,16 @@ def test_slide_inference_covers_the_image(class_embeddings: torch.Tensor) -> Non
     assert torch.equal(model.predict(image, mode="slide", crop_size=64, stride=32), model.predict(image))
 
 
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_labels_alone_are_the_arg_max_of_the_probabilities(class_embeddings: torch.Tensor, mode: str) -> None:
+    """Without `return_probs` and with one view, predict skips the softmax; the labels must not change."""
+    model = tiny("bridge", class_embeddings=class_embeddings)
+    image = torch.rand(2, 3, 70, 90)
+    labels, probs = model.predict(image, mode=mode, crop_size=64, stride=32, return_probs=True)
+    assert torch.equal(model.predict(image, mode=mode, crop_size=64, stride=32), labels)
+    assert torch.equal(labels, probs.argmax(dim=1))
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -337,6 +337,10 @@ class Segmentor(nn.Module):
             images = self.normalize(images.to(self.pixel_mean))
             probs = None
             views = 0
+            # One view and no probabilities asked for: softmax keeps the order of the classes, so the labels are
+            # the arg-max of the logits; this skips a softmax over [B, K, H, W] (most of predict's time on a CPU
+            # with many classes).
+            labels_only = not return_probs and not flip and len(scales or (1.0,)) == 1
             for scale in scales or (1.0,):
                 scaled = images
                 if scale != 1.0:
@@ -351,6 +355,8 @@ class Segmentor(nn.Module):
                         logits = logits.flip(-1)
                     if logits.shape[-2:] != output_size:
                         logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+                    if labels_only:
+                        return logits.argmax(dim=1)
                     view_probs = logits.float().softmax(dim=1)
                     probs = view_probs if probs is None else probs + view_probs
                     views += 1
