@@ -84,16 +84,19 @@ def test_two_process_ddp_on_cpu_ends_with_identical_weights(data_root: Path, tmp
     assert len(rank0) > 50
 
 
-def test_fit_output_has_each_lightning_line_once_and_none_of_its_noise(data_root: Path, tmp_path: Path) -> None:
-    """What a user sees from `bridgeseg fit`: Lightning's lines once each (not again through the root logger), no
-    "💡 Tip" advertisement, and none of the warnings that every run would raise (the frozen text encoder in eval
-    mode, the TensorBoard notice, Lightning's pytree deprecation, the `weights_only` notice on saving)."""
+def test_fit_output_has_an_iteration_bar_each_lightning_line_once_and_no_noise(data_root: Path, tmp_path: Path) -> None:
+    """What a user sees from `bridgeseg fit`: a bar over the iterations, Lightning's lines once each (not again
+    through the root logger), no "💡 Tip" advertisement, and none of the warnings that every run would raise (the
+    frozen text encoder in eval mode, the TensorBoard notice, Lightning's pytree deprecation, the `weights_only`
+    notice on saving)."""
     code = "import sys; from bridgeseg.cli import main; sys.exit(main(sys.argv[1:]))"
-    argv = ["fit", *fit_args(data_root, tmp_path / "run", max_steps=1)]
+    argv = ["fit", *fit_args(data_root, tmp_path / "run", max_steps=1), "--trainer.enable_progress_bar", "true"]
     result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     assert output.count("Seed set to 0") == 1, output
+    # One training bar over the iterations (Lightning's per-epoch bar would read "Epoch 0/-2").
+    assert "iteration: 100%" in output and "1/1 [" in output and "Epoch 0" not in output, output
     noise = ("💡", "litlogger", "module(s) in eval mode", "tensorboardX", "LeafSpec", "`weights_only` was not set")
     for text in noise:
         assert text not in output, text

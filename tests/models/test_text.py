@@ -92,6 +92,14 @@ def minilm() -> TextEncoder:
     return encoder
 
 
+def test_loading_minilm_draws_no_progress_bar_and_leaves_bars_on(capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers.utils import logging as transformers_logging
+
+    create_text_encoder("minilm")
+    assert "Loading weights" not in capsys.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled()  # downloads elsewhere keep their bars
+
+
 def test_default_templates():
     assert 4 <= len(DEFAULT_TEMPLATES) <= 8
     assert all("{}" in t for t in DEFAULT_TEMPLATES)

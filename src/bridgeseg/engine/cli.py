@@ -17,7 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from bridgeseg.engine.datamodule import SegmentationDataModule
@@ -135,6 +135,38 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         write_atomically(path, lambda handle: torch.save(checkpoint, handle))
 
 
+class IterationProgressBar(TQDMProgressBar):
+    """One training bar over all `max_steps` iterations, as mmseg counts them, instead of one bar per epoch.
+
+    Lightning's own bars restart at every epoch and show "Epoch 11/-2" when training is bounded by iterations;
+    this one shows the iteration out of `max_steps` (from the resumed one after `--ckpt_path last`), the loss
+    and the last validation scores. Validation and test bars are Lightning's.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_start(trainer, *args)
+        self.train_progress_bar.reset(total=trainer.max_steps)
+        self.train_progress_bar.initial = trainer.global_step
+        self.train_progress_bar.n = trainer.global_step
+        self.train_progress_bar.set_description("iteration")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        pass  # the bar runs across epochs
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the logger's version folder, not a training figure
+        return metrics
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        bar = self.train_progress_bar
+        if bar is not None and self._should_update(step, bar.total):
+            bar.n = step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+            bar.refresh()
+
+
 def trainer_defaults() -> dict[str, Any]:
     """Iteration-based training with validation every N iterations, as mmseg does."""
     return {
@@ -207,6 +239,11 @@ class BridgesegCLI(LightningCLI):
             # torch's SyncBatchNorm only runs on GPUs; on CPU every process keeps its own statistics.
             kwargs["sync_batchnorm"] = False
         trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
+        bar = trainer.progress_bar_callback
+        if type(bar) in (TQDMProgressBar, RichProgressBar) and trainer.max_steps > 0:
+            # Lightning's default bar counts per epoch; training here is bounded by iterations.
+            refresh_rate = bar.refresh_rate if isinstance(bar, TQDMProgressBar) else 1
+            trainer.callbacks[trainer.callbacks.index(bar)] = IterationProgressBar(refresh_rate=refresh_rate)
         for callback in trainer.checkpoint_callbacks:
             # Set now, not in setup(): Lightning resolves `--ckpt_path last` from the callbacks' folders before
             # any setup hook runs.

@@ -511,7 +511,7 @@ def _create_hf(target: str, templates: Sequence[str] | None, prompt_context: int
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **hub_kwargs)
         # A whole CLIPModel checkpoint makes transformers warn about every skipped vision tensor; that is
         # expected here, and the keys that matter are checked below instead.
-        with _transformers_errors_only():
+        with _transformers_errors_only(), _without_progress_bars(local=is_local):
             tower, loading_info = transformers.CLIPTextModelWithProjection.from_pretrained(
                 source, dtype=torch.float32, output_loading_info=True, **hub_kwargs
             )
@@ -545,11 +545,27 @@ def _transformers_errors_only() -> Iterator[None]:
         transformers_logging.set_verbosity(verbosity)
 
 
+@contextlib.contextmanager
+def _without_progress_bars(local: bool) -> Iterator[None]:
+    """No "Loading weights" bar for a local model, which loads in a second; a download keeps its bars."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    if local:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if local and enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def _load_hf_sentence_tower(source: str, **hub_kwargs: Any) -> tuple[nn.Module, Any]:
     import transformers
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source, **hub_kwargs)
-    tower = transformers.AutoModel.from_pretrained(source, dtype=torch.float32, **hub_kwargs)
+    with _without_progress_bars(local=bool(hub_kwargs.get("local_files_only"))):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **hub_kwargs)
+        tower = transformers.AutoModel.from_pretrained(source, dtype=torch.float32, **hub_kwargs)
     return tower.eval(), tokenizer
 
 
