@@ -163,8 +163,7 @@ class IterationProgressBar(TQDMProgressBar):
         bar = self.train_progress_bar
         if bar is not None and self._should_update(step, bar.total):
             bar.n = step
-            bar.set_postfix(self.get_metrics(trainer, pl_module))
-            bar.refresh()
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # redraws the bar
 
 
 def trainer_defaults() -> dict[str, Any]:
