@@ -17,7 +17,6 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from bridgeseg.cli import main
 from bridgeseg.data import (
     DatasetError,
     DatasetNotFoundError,
@@ -27,7 +26,7 @@ from bridgeseg.data import (
     load_image,
     read_class_file,
 )
-from tests.engine.helpers import CLASSES, fit_args, make_folder_dataset
+from tests.engine.helpers import CLASSES, fit_args, make_folder_dataset, run_cli
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bridgeseg"
 
@@ -41,16 +40,6 @@ def good_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def data(good_data: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(good_data, tmp_path / "data"))
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    """Run `bridgeseg ARGV` in-process; return the exit code and the single `error:` line it must print."""
-    code = main(list(argv))
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err[-2000:]
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == (1 if code else 0), err[-2000:]
-    return code, errors[0] if errors else ""
 
 
 def fit(capsys: pytest.CaptureFixture[str], data: Path, run: Path, *extra: str, workers: int = 0) -> tuple[int, str]:

@@ -26,7 +26,7 @@ from bridgeseg.cli import main
 from bridgeseg.engine.cli import LastCheckpoint
 from bridgeseg.engine.module import SegmentationModule
 from bridgeseg.models import Segmentor
-from tests.engine.helpers import fit_args, load_checkpoint, make_folder_dataset
+from tests.engine.helpers import fit_args, load_checkpoint, make_folder_dataset, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,16 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_folder_dataset(tmp_path_factory.mktemp("data"), num_train=8, num_val=2)
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    """Run `bridgeseg ARGV` in-process; return the exit code and the single `error:` line it must print."""
-    code = main(list(argv))
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err[-2000:]
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == (1 if code else 0), err[-2000:]
-    return code, errors[0] if errors else ""
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Test helpers for the engine: a tiny generated folder dataset and a weight-dumping callback."""
+"""Test helpers for the engine: a tiny generated folder dataset, callbacks, and running the CLI in-process."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+
+from bridgeseg.cli import main
 
 CLASSES = ["sky", "grass", "road"]
 
@@ -84,3 +87,13 @@ def fit_args(data_root: Path, run_dir: Path, max_steps: int, **extra: str) -> li
 
 def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """Run `bridgeseg ARGV` in-process; return the exit code and the single `error:` line it must print."""
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == (1 if code else 0), err[-2000:]
+    return code, errors[0] if errors else ""
