@@ -251,23 +251,26 @@ def test_image_and_example_together(client: TestClient) -> None:
     assert "not both" in response.json()["error"]
 
 
+class SlowSegmenter:
+    """A segmenter whose `predict` sets `started`, then holds the model until `release` is set."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.model, self.classes, self.open_vocabulary = segmenter.model, segmenter.classes, segmenter.open_vocabulary
+        self._predict = segmenter.predict
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def predict(self, *args: object, **kwargs: object) -> object:
+        self.started.set()
+        assert self.release.wait(timeout=30)
+        return self._predict(*args, **kwargs)
+
+
 def test_busy_model_turns_requests_away(segmenter: Segmenter) -> None:
     """One request holds the model; with no waiting room the next one gets 503 at once."""
-    started, release = threading.Event(), threading.Event()
-    original_predict = segmenter.predict
-
-    class SlowSegmenter:
-        model = segmenter.model
-        classes = segmenter.classes
-        open_vocabulary = segmenter.open_vocabulary
-
-        def predict(self, *args: object, **kwargs: object) -> object:
-            started.set()
-            assert release.wait(timeout=30)
-            return original_predict(*args, **kwargs)
-
+    slow = SlowSegmenter(segmenter)
+    started, release = slow.started, slow.release
     results: dict[str, int] = {}
-    with TestClient(create_app(SlowSegmenter(), AppLimits(max_waiting=0))) as busy_client:
+    with TestClient(create_app(slow, AppLimits(max_waiting=0))) as busy_client:
 
         def first_request() -> None:
             results["first"] = upload(busy_client, png_bytes()).status_code
@@ -288,20 +291,9 @@ def test_busy_model_turns_requests_away(segmenter: Segmenter) -> None:
 
 
 def test_wait_timeout(segmenter: Segmenter) -> None:
-    started, release = threading.Event(), threading.Event()
-    original_predict = segmenter.predict
-
-    class SlowSegmenter:
-        model = segmenter.model
-        classes = segmenter.classes
-        open_vocabulary = segmenter.open_vocabulary
-
-        def predict(self, *args: object, **kwargs: object) -> object:
-            started.set()
-            release.wait(timeout=30)
-            return original_predict(*args, **kwargs)
-
-    with TestClient(create_app(SlowSegmenter(), AppLimits(max_waiting=1, wait_timeout_s=0.2))) as busy_client:
+    slow = SlowSegmenter(segmenter)
+    started, release = slow.started, slow.release
+    with TestClient(create_app(slow, AppLimits(max_waiting=1, wait_timeout_s=0.2))) as busy_client:
         first = threading.Thread(target=lambda: upload(busy_client, png_bytes()))
         first.start()
         try:
