@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from bridgeseg.models.backbones import create_backbone
 from bridgeseg.models.decoders import SemanticFPN
 from bridgeseg.models.denseclip import ContextDecoder, DenseAttentionPool
-from bridgeseg.models.fusion import BRIDGE_MODES, BridgeFusion, Temperature, cosine_logits
+from bridgeseg.models.fusion import BridgeFusion, Temperature, cosine_logits
 from bridgeseg.models.heads import ClosedSetHead, LanguageHead, SpatialRegularization
 from bridgeseg.models.text import TextEncoder, create_text_encoder
 
@@ -358,11 +358,11 @@ class Segmentor(nn.Module):
                     if labels_only:
                         return logits.argmax(dim=1)
                     view_probs = logits.float().softmax(dim=1)
-                    probs = view_probs if probs is None else probs + view_probs
+                    probs = view_probs if probs is None else probs.add_(view_probs)  # [B, K, H, W]: no copies
                     views += 1
         finally:
             self.train(was_training)
-        probs = probs / views
+        probs = probs.div_(views)
         labels = probs.argmax(dim=1)
         return (labels, probs) if return_probs else labels
 
@@ -383,7 +383,7 @@ class Segmentor(nn.Module):
         for y1, y2, x1, x2 in slide_windows(height, width, crop_size, stride):
             logits[..., y1:y2, x1:x2] += self._padded_logits(images[..., y1:y2, x1:x2], text_embeddings)
             counts[..., y1:y2, x1:x2] += 1
-        return logits / counts
+        return logits.div_(counts)
 
     def _num_outputs(self, text_embeddings: Tensor | None) -> int:
         return self.num_classes if text_embeddings is None else text_embeddings.shape[-2]
@@ -421,8 +421,6 @@ class BridgeSegmentor(Segmentor):
 
     def _build(self) -> None:
         cfg = self.config
-        if cfg.bridge not in BRIDGE_MODES:
-            raise ValueError(f"unknown bridge mode {cfg.bridge!r}; use one of {', '.join(BRIDGE_MODES)}")
         channels = self.backbone.channels
         self.fusion = BridgeFusion(
             channels[-1],
