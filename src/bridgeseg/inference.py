@@ -559,9 +559,10 @@ class Segmenter(
         if classes is None:
             return self.classes
         names = validate_class_names(classes)
-        if names == self.model.classes or not self.open_vocabulary:
-            # The segmentor explains closed-set refusals itself.
-            self.model.text_embeddings(names)
+        if names == self.model.classes:
+            return names
+        if not self.open_vocabulary:
+            self.model.text_embeddings(names)  # raises: the segmentor explains closed-set refusals itself
             return names
         if self._text_encoder_error is None:
             try:
