@@ -116,9 +116,10 @@ def plan_runs(seeds: list[int], ablation_seeds: list[int], only: str | None) -> 
 
 
 def _cli_arguments(run: Run, budget: Budget, data_dir: Path, run_dir: Path) -> list[str]:
-    config = REPO / "configs" / "mosaic" / "bridge_efficientnet_lite0_128x128_600.yaml"
+    from bridgeseg.demo import DEMO_CONFIG
+
     overrides = {
-        "--config": str(config),
+        "--config": str(DEMO_CONFIG),
         "--seed_everything": str(run.seed),
         "--data.root": str(data_dir),
         "--data.crop_size": str(budget.crop_size),
@@ -147,6 +148,7 @@ def _execute(run: Run, budget: Budget, data_dir: Path, raw_dir: Path) -> dict[st
     import torch
 
     from bridgeseg.engine.cli import run_lightning_cli
+    from bridgeseg.io import write_atomically
     from bridgeseg.models.cost import cost_report
 
     torch.set_num_threads(budget.threads)
@@ -204,9 +206,8 @@ def _execute(run: Run, budget: Budget, data_dir: Path, raw_dir: Path) -> dict[st
     }
     shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints are not needed, only the record
     path = raw_dir / f"{run.name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(record, indent=2) + "\n"
+    write_atomically(path, lambda handle: handle.write(text.encode()))  # a killed run leaves no half record
     return record
 
 
