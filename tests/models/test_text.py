@@ -385,6 +385,28 @@ def test_hf_whole_clip_model_loads_text_side(tiny_hf_clip, tmp_path):
     torch.testing.assert_close(encoder.encode(NAMES), expected, atol=1e-5, rtol=1e-4)
 
 
+def test_prompt_context_embeddings_are_reused_until_the_context_changes(tiny_hf_clip, monkeypatch):
+    from bridgeseg.models import create_model
+
+    _, _, folder = tiny_hf_clip
+    options = dict(backbone="test_resnet", text_encoder=f"hf:{folder}", prompt_context=3, decoder_channels=16)
+    model = create_model("lseg", classes=NAMES, **options)
+    calls = []
+    encode = model.text_encoder.encode
+    monkeypatch.setattr(model.text_encoder, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    with torch.no_grad():
+        first = model.text_embeddings()
+        assert model.text_embeddings() is first and len(calls) == 1
+    with torch.enable_grad():  # training: always recomputed, with a graph
+        assert model.text_embeddings().requires_grad and len(calls) == 2
+    with torch.no_grad():
+        model.text_encoder.context_vectors.add_(0.5)  # as an optimiser step does
+        changed = model.text_embeddings()
+    assert len(calls) == 3 and not torch.allclose(changed, first)
+    with torch.no_grad():
+        torch.testing.assert_close(changed, encode(NAMES))
+
+
 def test_hf_clip_prompt_context_gradients(tiny_hf_clip):
     model, tokenizer, folder = tiny_hf_clip
     encoder = create_text_encoder(f"hf:{folder}", prompt_context=3)

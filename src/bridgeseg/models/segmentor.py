@@ -164,6 +164,7 @@ class Segmentor(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
         self.text_encoder: TextEncoder | None = None
+        self._prompted_cache: tuple[tuple[tuple[int, int], ...], Tensor] | None = None
         if self.uses_text:
             if class_embeddings is None or config.prompt_context:
                 self._load_text_encoder()
@@ -223,11 +224,26 @@ class Segmentor(nn.Module):
             return None
         if classes is None:
             if self.config.prompt_context:
-                return self.text_encoder.encode(self.classes)
+                return self._prompted_class_embeddings()
             return self.class_embeddings
         encoder = self._load_text_encoder()
         with torch.no_grad():
             return encoder.encode(classes, self.config.templates).to(self.class_embeddings)
+
+    def _prompted_class_embeddings(self) -> Tensor:
+        """The model's classes embedded through the learned prompt context.
+
+        Without gradients (predict, validation) the result is kept until the context changes: its tensors' version
+        counters move with every optimiser step or `load_state_dict`, and their storage with every device move.
+        """
+        if torch.is_grad_enabled():
+            return self.text_encoder.encode(self.classes)
+        key = tuple((p.data_ptr(), p._version) for p in self.text_encoder.parameters() if p.requires_grad)
+        cached = self._prompted_cache
+        if cached is None or cached[0] != key:
+            cached = (key, self.text_encoder.encode(self.classes))
+            self._prompted_cache = cached
+        return cached[1]
 
     def _check_text_embeddings(self, text_embeddings: Tensor | None) -> None:
         if not self.uses_text:
