@@ -1,20 +1,30 @@
-"""The paper's experiment at a fixed CPU budget: bridge vs DenseCLIP vs LSeg vs FPN on three backbones, and the
-ablation of the bridge fusion module.
+"""The paper's experiment on CPU: bridge vs DenseCLIP vs LSeg vs FPN, with the statistics to decide it.
 
-Every run trains through the real engine (`run_lightning_cli` + `Trainer.fit`) on the offline photo mosaic with
-identical data, crop, batch, iterations and optimiser; only the method (or, for the ablation, one fusion switch)
-and the seed change. The learning-rate multiplier of the backbone follows the backbone, never the method:
-x0.1 for the ImageNet-pretrained EfficientNet-Lite0 (DenseCLIP's recipe), x1 for the backbones trained from
-scratch.
+Every run trains through the real engine (`run_lightning_cli` + `Trainer.fit`) on a generated photo mosaic; within
+a study every run has the same data, crop, batch, iterations, optimiser and schedule, and only the method (or one
+fusion switch) and the seed change. The backbone's learning-rate multiplier follows the backbone, never the method:
+x0.1 for the ImageNet-pretrained EfficientNet-Lite0 (DenseCLIP's recipe), x1 for backbones trained from scratch.
 
-Each finished run writes `benchmarks/results/compare.raw/<run>.json`; a restarted comparison skips those, so it
-can be killed and resumed at any time. The aggregate goes to `benchmarks/results/compare.md` and `.json`.
+Studies, run in this order (`--studies` picks and orders them):
+
+- `decision`: the four methods on Lite0 at the decision budget, `--seeds` (5) on both mosaics; paired differences
+  `bridge - X` per seed with a paired t-test, a Wilcoxon signed-rank test and a 95 % confidence interval.
+  `bridge` and `lseg` runs are also evaluated with paraphrased class names and with vocabulary subsets.
+- `curve`: `bridge` and `fpn` on Lite0 at `--curve-iterations`, the learning curve that justifies the budget.
+- `ablation`: one switch of the bridge (or of LSeg's head) at a time, on the first mosaic.
+- `heldout`: `bridge` and `lseg` trained with the pixels of `HELDOUT_CLASSES` ignored, evaluated with every name
+  (seen mIoU, unseen mIoU, harmonic mean: the generalised zero-shot protocol).
+- `scratch`: MobileNetV2 and ResNet-18 from scratch; reported apart, and decide nothing while `fpn` is below 25.
+
+Each finished run writes `benchmarks/results/compare.raw/<run>.json` (committed, small); a restarted comparison
+skips the runs whose record exists, so it can be killed and resumed at any time, on another machine too. The
+aggregate goes to `benchmarks/results/compare.{md,json}` and the learning curve to `compare_curve.png`.
 
 Usage:
-    python benchmarks/compare.py                      # everything: 57 runs, about 65 min on 2 idle CPU cores
-    python benchmarks/compare.py --only main          # the method x backbone table only
-    python benchmarks/compare.py --aggregate-only     # rebuild the tables from the finished runs
-    nohup .venv/bin/python benchmarks/compare.py > benchmarks/results/compare.raw/log.txt 2>&1 &
+    python benchmarks/compare.py                          # every study (see docs/benchmark.md for its cost)
+    python benchmarks/compare.py --studies decision curve # some studies, in this order
+    python benchmarks/compare.py --aggregate-only         # rebuild the tables and the plot from the records
+    nohup .venv/bin/python benchmarks/compare.py > benchmarks/results/compare.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,89 +52,230 @@ logger = logging.getLogger("compare")
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 RAW = RESULTS / "compare.raw"
+PARAPHRASES = REPO / "benchmarks" / "paraphrases.json"
 
 METHODS = ("bridge", "denseclip", "lseg", "fpn")
-# (backbone, pretrained): the offline ImageNet weights for Lite0; the others from scratch (no network here).
-BACKBONES = (("efficientnet_lite0", True), ("mobilenetv2_100", False), ("resnet18", False))
-# Ablation of bridge on EfficientNet-Lite0: name -> the fusion options that differ from the default
-# (N = 2 blocks, bridge both ways, CNN branch on, no score-map concatenation). The default itself is the
-# bridge / efficientnet_lite0 row of the main table, with the same seeds.
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "blocks_1": {"fusion_blocks": 1},
-    "blocks_4": {"fusion_blocks": 4},
-    "bridge_none": {"bridge": "none"},
-    "bridge_v2t": {"bridge": "v2t"},
-    "bridge_t2v": {"bridge": "t2v"},
-    "no_cnn_branch": {"cnn_branch": False},
-    "concat_score_map": {"concat_score_map": True},
+LANGUAGE_METHODS = ("bridge", "lseg")
+DECISION_BACKBONE = ("efficientnet_lite0", True)  # offline ImageNet weights
+SCRATCH_BACKBONES = (("mobilenetv2_100", False), ("resnet18", False))  # no network: no pretrained weights here
+
+# The two mosaics. `mosaic` is the demo's data (generate_mosaic's defaults). `mosaic_hard` is generated with another
+# seed and harder settings, so no design is tuned to one dataset: 15 classes instead of 13 (the two CC BY photos),
+# 8-14 regions per image instead of 4-8, twice the boundary jitter (other, more ragged region shapes), stronger
+# colour jitter and noise, rotations up to 90 degrees.
+DATASETS: dict[str, dict[str, Any]] = {
+    "mosaic": {"num_train": 400, "num_val": 100, "size": 192, "seed": 0},
+    "mosaic_hard": {
+        "num_train": 400,
+        "num_val": 100,
+        "size": 192,
+        "seed": 1,
+        "include_cc_by": True,
+        "num_regions": [8, 14],
+        "boundary_jitter": 0.12,
+        "colour_jitter": 0.8,
+        "noise": 0.05,
+        "max_rotation": 90.0,
+    },
 }
-ABLATION_BACKBONE = "efficientnet_lite0"
+DATASETS_ORDER = tuple(DATASETS)
+# Held-out classes of the generalised zero-shot protocol (on `mosaic`): one texture, one object, one scene-like
+# class, fixed before any run.
+HELDOUT_CLASSES = ("gravel", "cat", "galaxies")
+HELDOUT_DATASET = "mosaic_heldout"
+# Vocabulary subsets: this many fixed random halves of the classes.
+NUM_SUBSETS = 5
+
+# Ablation: variant -> (method, options that differ from the default model). The default is the decision run of
+# the same seed on `mosaic`.
+ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "legacy": ("bridge", {"identity_start": False, "keep_c5": False, "pixel_projection": False}),
+    "no_identity_start": ("bridge", {"identity_start": False}),
+    "c5_replaced": ("bridge", {"keep_c5": False}),
+    "no_pixel_projection": ("bridge", {"pixel_projection": False}),
+    "blocks_1": ("bridge", {"fusion_blocks": 1}),
+    "blocks_4": ("bridge", {"fusion_blocks": 4}),
+    "bridge_none": ("bridge", {"bridge": "none"}),
+    "bridge_v2t": ("bridge", {"bridge": "v2t"}),
+    "bridge_t2v": ("bridge", {"bridge": "t2v"}),
+    "no_cnn_branch": ("bridge", {"cnn_branch": False}),
+    "concat_score_map": ("bridge", {"concat_score_map": True}),
+    "two_levels": ("bridge", {"fusion_levels": 2}),
+    "slim_full_projection": ("bridge", {"fusion_dim": 128, "full_projection": True}),
+    "aux_0": ("bridge", {"aux_weight": 0.0}),
+    "aux_1": ("bridge", {"aux_weight": 1.0}),
+    "lseg_no_pixel_projection": ("lseg", {"pixel_projection": False}),
+}
+STUDIES = ("decision", "curve", "ablation", "heldout", "scratch")
 
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """The training budget shared by every run.
+    """A training budget.
 
     Attributes:
         iterations: Optimiser steps.
         batch_size: Images per step.
         crop_size: Training crop side (the mosaic images are 192 px; validation is on whole images).
         lr: AdamW base learning rate (the head's).
-        warmup_iters: Linear warmup iterations, then poly decay (power 0.9).
+        scale_range: Random resize range of the training augmentation.
         threads: Torch threads per run.
     """
 
-    iterations: int = 200
+    iterations: int = 600
     batch_size: int = 8
-    crop_size: int = 96
+    crop_size: int = 128
     lr: float = 1e-3
-    warmup_iters: int = 10
+    scale_range: tuple[float, float] = (0.5, 2.0)
     threads: int = 1
+
+    @property
+    def warmup_iters(self) -> int:
+        """Linear warmup, then poly 0.9: the demo's share of the schedule (30 of 600)."""
+        return max(1, self.iterations // 20)
+
+    @property
+    def tag(self) -> str:
+        """What sets this budget apart in a run's name (the default parts are left out)."""
+        default = Budget()
+        parts = [f"{self.iterations}it"]
+        if self.batch_size != default.batch_size:
+            parts.append(f"b{self.batch_size}")
+        if self.crop_size != default.crop_size:
+            parts.append(f"c{self.crop_size}")
+        if self.lr != default.lr:
+            parts.append(f"lr{self.lr:g}")
+        if tuple(self.scale_range) != default.scale_range:
+            parts.append(f"sc{self.scale_range[0]:g}-{self.scale_range[1]:g}")
+        return "_".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"warmup_iters": self.warmup_iters, "scale_range": list(self.scale_range)}
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One training run of the comparison."""
+    """One training run; its name is its identity, so studies that need the same run share it."""
 
-    name: str
-    table: str  # "main" or "ablation"
     method: str
     backbone: str
     pretrained: bool
+    dataset: str
     seed: int
+    budget: Budget
     variant: str = "default"
     options: tuple[tuple[str, Any], ...] = ()
 
-
-def plan_runs(seeds: list[int], ablation_seeds: list[int], only: str | None) -> list[Run]:
-    """Every run, seed by seed (main table, then the ablation), so a partial comparison has every cell."""
-    runs: list[Run] = []
-    pretrained = dict(BACKBONES)[ABLATION_BACKBONE]
-    for seed in sorted(set(seeds) | set(ablation_seeds)):
-        if only in (None, "main") and seed in seeds:
-            for backbone, backbone_pretrained in BACKBONES:
-                for method in METHODS:
-                    name = f"{method}_{backbone}_s{seed}"
-                    runs.append(Run(name, "main", method, backbone, backbone_pretrained, seed))
-        if only in (None, "ablation") and seed in ablation_seeds:
-            for variant, options in ABLATIONS.items():
-                name = f"bridge_{ABLATION_BACKBONE}_{variant}_s{seed}"
-                options_tuple = tuple(sorted(options.items()))
-                runs.append(
-                    Run(name, "ablation", "bridge", ABLATION_BACKBONE, pretrained, seed, variant, options_tuple)
-                )
-    return runs
+    @property
+    def name(self) -> str:
+        return f"{self.method}_{self.backbone}_{self.dataset}_{self.budget.tag}_{self.variant}_s{self.seed}"
 
 
-def _cli_arguments(run: Run, budget: Budget, data_dir: Path, run_dir: Path) -> list[str]:
+@dataclasses.dataclass
+class Plan:
+    """The runs of every selected study, in execution order, with the study each belongs to."""
+
+    studies: dict[str, list[Run]]
+
+    def ordered_runs(self) -> list[Run]:
+        seen: dict[str, Run] = {}
+        for runs in self.studies.values():
+            for run in runs:
+                seen.setdefault(run.name, run)
+        return list(seen.values())
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """Every run of the selected studies, interleaved seed by seed so a partial comparison has complete pairs."""
+    budget = Budget(args.iterations, args.batch_size, args.crop_size, args.lr, tuple(args.scale_range), args.threads)
+    backbone, pretrained = DECISION_BACKBONE
+    studies: dict[str, list[Run]] = {}
+    for study in args.studies:
+        runs: list[Run] = []
+        if study == "decision":
+            for dataset in args.datasets:
+                for seed in args.seeds:
+                    runs += [Run(method, backbone, pretrained, dataset, seed, budget) for method in args.methods]
+        elif study == "curve":
+            for iterations in args.curve_iterations:
+                curve_budget = dataclasses.replace(budget, iterations=iterations)
+                for seed in args.curve_seeds:
+                    runs += [
+                        Run(m, backbone, pretrained, args.datasets[0], seed, curve_budget) for m in ("bridge", "fpn")
+                    ]
+        elif study == "ablation":
+            for seed in args.ablation_seeds:
+                for variant, (method, options) in ABLATIONS.items():
+                    if args.variants and variant not in args.variants:
+                        continue
+                    opts = tuple(sorted(options.items()))
+                    runs.append(Run(method, backbone, pretrained, args.datasets[0], seed, budget, variant, opts))
+        elif study == "heldout":
+            for seed in args.heldout_seeds:
+                runs += [Run(m, backbone, pretrained, HELDOUT_DATASET, seed, budget) for m in LANGUAGE_METHODS]
+        elif study == "scratch":
+            for seed in args.scratch_seeds:
+                for name, scratch_pretrained in SCRATCH_BACKBONES:
+                    runs += [Run(m, name, scratch_pretrained, "mosaic", seed, budget) for m in args.methods]
+        studies[study] = runs
+    return Plan(studies)
+
+
+# -- data -----------------------------------------------------------------------------------------------------------
+
+
+def prepare_data(data_root: Path, datasets: set[str]) -> None:
+    """Generate the mosaics the plan needs (reused when present) and the held-out copy of `mosaic`."""
+    from bridgeseg.demo import ensure_mosaic
+
+    for name in sorted(datasets - {HELDOUT_DATASET}):
+        ensure_mosaic(data_root / name, **DATASETS[name])
+    if HELDOUT_DATASET in datasets:
+        ensure_mosaic(data_root / "mosaic", **DATASETS["mosaic"])
+        _make_heldout(data_root / "mosaic", data_root / HELDOUT_DATASET)
+
+
+def _make_heldout(source: Path, target: Path) -> None:
+    """Copy a mosaic with the held-out classes' training pixels set to ignore (255); val stays complete."""
+    import numpy as np
+    from PIL import Image
+
+    stamp = target / "heldout.json"
+    wanted = {"source_meta": json.loads((source / "meta.json").read_text()), "heldout": list(HELDOUT_CLASSES)}
+    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+        return
+    classes = (source / "classes.txt").read_text().splitlines()
+    heldout_ids = [classes.index(name) for name in HELDOUT_CLASSES]
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    for path in sorted((target / "masks" / "train").glob("*.png")):
+        mask = Image.open(path)
+        values = np.array(mask)
+        values[np.isin(values, heldout_ids)] = 255
+        out = Image.fromarray(values)
+        out.putpalette(mask.getpalette())
+        out.save(path)
+    stamp.write_text(json.dumps(wanted) + "\n")
+
+
+def dataset_classes(data_dir: Path) -> list[str]:
+    return (data_dir / "classes.txt").read_text().splitlines()
+
+
+# -- one run --------------------------------------------------------------------------------------------------------
+
+
+def _cli_arguments(run: Run, data_dir: Path, run_dir: Path) -> list[str]:
     from bridgeseg.demo import DEMO_CONFIG
 
+    budget = run.budget
     overrides = {
         "--config": str(DEMO_CONFIG),
         "--seed_everything": str(run.seed),
         "--data.root": str(data_dir),
         "--data.crop_size": str(budget.crop_size),
         "--data.batch_size": str(budget.batch_size),
+        "--data.scale_range": json.dumps(list(budget.scale_range)),
         "--data.num_workers": "0",
         "--model.net.method": run.method,
         "--model.net.backbone": run.backbone,
@@ -142,15 +294,70 @@ def _cli_arguments(run: Run, budget: Budget, data_dir: Path, run_dir: Path) -> l
     return [item for pair in overrides.items() for item in pair]
 
 
-def _execute(run: Run, budget: Budget, data_dir: Path, raw_dir: Path) -> dict[str, Any]:
+def _vocabulary_metrics(
+    model: Any, data_dir: Path, train_classes: list[str], paraphrases: dict[str, str]
+) -> dict[str, Any]:
+    """mIoU on val with the training names, with paraphrased names, and over vocabulary subsets.
+
+    Subsets: `NUM_SUBSETS` fixed random halves of the classes (numpy seed = subset index). Pixels whose label is
+    outside the subset are ignored; the language methods get the subset's names as their vocabulary, the closed-set
+    methods the arg-max over the subset's logits. mIoU is over the subset's classes, averaged over the subsets.
+    """
+    import numpy as np
+    import torch
+
+    from bridgeseg.data.datasets import load_image, load_mask
+    from bridgeseg.engine.metrics import SegmentationMetric
+
+    images = sorted((data_dir / "images" / "val").glob("*.png"))
+    samples = [(load_image(path), load_mask(data_dir / "masks" / "val" / path.name)) for path in images]
+    num_classes = len(train_classes)
+    language = model.open_vocabulary
+
+    def evaluate(names: list[str] | None, keep: list[int] | None = None) -> float:
+        metric = SegmentationMetric(num_classes)
+        for image, mask in samples:
+            if keep is not None:
+                mask = torch.where(torch.isin(mask, torch.tensor(keep)), mask, torch.full_like(mask, 255))
+            if keep is not None and language:
+                sub_labels = model.predict(image, classes=names)[0]
+                labels = torch.tensor(keep)[sub_labels]
+            elif keep is not None:
+                logits = model(image.unsqueeze(0))[0]  # [K, H, W]
+                labels = torch.tensor(keep)[logits[keep].argmax(0)]
+            else:
+                labels = model.predict(image, classes=names)[0]
+            metric.update(labels.unsqueeze(0), mask.unsqueeze(0))
+        iou = metric.compute()["IoU"].numpy()
+        classes = keep if keep is not None else list(range(num_classes))
+        return float(np.nanmean(iou[classes]))  # IoU is in percent already
+
+    model.eval()
+    results: dict[str, Any] = {}
+    with torch.inference_mode():
+        results["mIoU_train_names"] = evaluate(None)
+        if language:
+            results["mIoU_paraphrased"] = evaluate([paraphrases[name] for name in train_classes])
+        subsets = []
+        for index in range(NUM_SUBSETS):
+            keep = sorted(np.random.default_rng(index).permutation(num_classes)[: num_classes // 2].tolist())
+            subsets.append(evaluate([train_classes[i] for i in keep] if language else None, keep))
+        results["mIoU_subsets"] = subsets
+        results["mIoU_subset_mean"] = float(np.mean(subsets))
+    return results
+
+
+def _execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
     """Train and evaluate one run in this process; write and return its record."""
     import lightning.pytorch as pl
+    import numpy as np
     import torch
 
     from bridgeseg.engine.cli import run_lightning_cli
     from bridgeseg.io import write_atomically
     from bridgeseg.models.cost import cost_report
 
+    budget = run.budget
     torch.set_num_threads(budget.threads)
     # Lightning sets its loggers' levels on import; its per-run chatter would drown the progress lines.
     for name in ("lightning.pytorch", "lightning.fabric", "bridgeseg"):
@@ -170,23 +377,23 @@ def _execute(run: Run, budget: Budget, data_dir: Path, raw_dir: Path) -> dict[st
             if trainer.global_step == budget.iterations:
                 self.end = time.perf_counter()
 
+    data_dir = data_root / run.dataset
     run_dir = raw_dir / "runs" / run.name
     started = time.perf_counter()
-    cli = run_lightning_cli(_cli_arguments(run, budget, data_dir, run_dir), run=False)
+    cli = run_lightning_cli(_cli_arguments(run, data_dir, run_dir), run=False)
     timer = StepTimer()
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     results = cli.model.last_val_results
-    wall = time.perf_counter() - started
-    measured_steps = budget.iterations - warmup_steps
-    images_per_s = measured_steps * budget.batch_size / (timer.end - timer.start) if timer.end and timer.start else None
-    cost = cost_report(cli.model.model, budget.crop_size)
-    record = {
+    train_wall = time.perf_counter() - started
+    model = cli.model.model
+    classes = list(cli.model.classes)
+    record: dict[str, Any] = {
         "run": run.name,
-        "table": run.table,
         "method": run.method,
         "backbone": run.backbone,
         "pretrained": run.pretrained,
+        "dataset": run.dataset,
         "seed": run.seed,
         "variant": run.variant,
         "options": dict(run.options),
@@ -194,20 +401,41 @@ def _execute(run: Run, budget: Budget, data_dir: Path, raw_dir: Path) -> dict[st
         "mAcc": float(results["mAcc"]),
         "aAcc": float(results["aAcc"]),
         "per_class_IoU": [None if math.isnan(v) else v for v in results["IoU"].tolist()],
-        "classes": list(cli.model.classes),
+        "classes": classes,
+    }
+    paraphrases = json.loads(PARAPHRASES.read_text())
+    if run.dataset == HELDOUT_DATASET:
+        iou = results["IoU"].tolist()
+        unseen = [iou[classes.index(name)] for name in HELDOUT_CLASSES]
+        seen = [v for name, v in zip(classes, iou, strict=True) if name not in HELDOUT_CLASSES]
+        seen_miou, unseen_miou = float(np.nanmean(seen)), float(np.nanmean(unseen))  # percent already
+        harmonic = 2 * seen_miou * unseen_miou / (seen_miou + unseen_miou) if seen_miou + unseen_miou > 0 else 0.0
+        record["heldout"] = {
+            "classes": list(HELDOUT_CLASSES),
+            "seen_mIoU": seen_miou,
+            "unseen_mIoU": unseen_miou,
+            "harmonic_mIoU": harmonic,
+        }
+    elif run.backbone == DECISION_BACKBONE[0] and run.variant == "default":
+        record["vocabulary"] = _vocabulary_metrics(model, data_dir, classes, paraphrases)
+    cost = cost_report(model, budget.crop_size)
+    measured_steps = budget.iterations - warmup_steps
+    images_per_s = measured_steps * budget.batch_size / (timer.end - timer.start) if timer.end and timer.start else None
+    record |= {
         "iterations": int(cli.trainer.global_step),
         "params": cost.total_params,
         "trainable_params": cost.trainable_params,
         "flops": cost.total_flops,
         "train_images_per_s": images_per_s,
-        "wall_time_s": wall,
-        "budget": dataclasses.asdict(budget),
+        "train_wall_time_s": train_wall,
+        "wall_time_s": time.perf_counter() - started,
+        "budget": budget.to_dict(),
+        "cpu": platform.processor() or platform.machine(),
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints are not needed, only the record
-    path = raw_dir / f"{run.name}.json"
-    text = json.dumps(record, indent=2) + "\n"
-    write_atomically(path, lambda handle: handle.write(text.encode()))  # a killed run leaves no half record
+    shutil.rmtree(run_dir, ignore_errors=True)  # only the record is kept
+    text = json.dumps(record, indent=1) + "\n"
+    write_atomically(raw_dir / f"{run.name}.json", lambda handle: handle.write(text.encode()))
     return record
 
 
@@ -218,18 +446,19 @@ def _worker_init(threads: int) -> None:
     logging.basicConfig(level=logging.WARNING)
 
 
-def run_all(runs: list[Run], budget: Budget, data_dir: Path, raw_dir: Path, workers: int) -> None:
+def run_all(runs: list[Run], data_root: Path, raw_dir: Path, workers: int) -> None:
     """Run every unfinished run, `workers` at a time, each in a worker process that keeps its imports."""
     todo = [run for run in runs if not (raw_dir / f"{run.name}.json").is_file()]
     logger.info("%d runs planned, %d finished already, %d to do", len(runs), len(runs) - len(todo), len(todo))
     if not todo:
         return
     started = time.perf_counter()
+    threads = max(run.budget.threads for run in todo)
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_worker_init, initargs=(budget.threads,)
+        workers, mp_context=context, initializer=_worker_init, initargs=(threads,)
     ) as pool:
-        futures = {pool.submit(_execute, run, budget, data_dir, raw_dir): run for run in todo}
+        futures = {pool.submit(_execute, run, data_root, raw_dir): run for run in todo}
         for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
             run = futures[future]
             try:
@@ -237,160 +466,370 @@ def run_all(runs: list[Run], budget: Budget, data_dir: Path, raw_dir: Path, work
             except Exception:
                 logger.exception("run %s failed", run.name)
                 continue
-            elapsed = time.perf_counter() - started
             logger.info(
-                "[%d/%d] %s: mIoU %.2f, %.1f img/s, %.0f s (total %.1f min)",
+                "[%d/%d] %s: mIoU %.2f, %.0f s (total %.1f min)",
                 done,
                 len(todo),
                 run.name,
                 record["mIoU"],
-                record["train_images_per_s"] or float("nan"),
                 record["wall_time_s"],
-                elapsed / 60,
+                (time.perf_counter() - started) / 60,
             )
 
 
-# -- aggregation --------------------------------------------------------------------------------------------------
+# -- statistics -----------------------------------------------------------------------------------------------------
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """`a - b` over paired seeds: mean, 95 % CI and paired t-test (scipy), Wilcoxon signed-rank p-value.
+
+    With n pairs the two-sided Wilcoxon test cannot go below 2 / 2**n (0.0625 for 5 pairs), so its p-value alone
+    can never reach 0.05 with 5 seeds; the t-test and the interval carry the decision there.
+    """
+    from scipy import stats
+
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    result: dict[str, Any] = {"n": len(diffs), "differences": [round(d, 2) for d in diffs]}
+    result["mean"] = round(statistics.fmean(diffs), 2) if diffs else None
+    if len(diffs) < 2:
+        return result | {"ci95": None, "t_p": None, "wilcoxon_p": None}
+    if statistics.pstdev(diffs) == 0:
+        return result | {"ci95": [result["mean"], result["mean"]], "t_p": None, "wilcoxon_p": None}
+    test = stats.ttest_rel(a, b)
+    low, high = test.confidence_interval(0.95)
+    wilcoxon = stats.wilcoxon(diffs)
+    return result | {
+        "ci95": [round(float(low), 2), round(float(high), 2)],
+        "t_p": float(test.pvalue),
+        "wilcoxon_p": float(wilcoxon.pvalue),
+    }
 
 
-def _cell(values: list[float]) -> str:
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _cell(values: Sequence[float]) -> str:
     if not values:
         return "–"
     mean, std = _mean_std(values)
     return f"{mean:.2f} ± {std:.2f} (n={len(values)})" if len(values) > 1 else f"{mean:.2f} (n=1)"
 
 
-def aggregate(runs: list[Run], raw_dir: Path, budget: Budget) -> dict[str, Any]:
-    """Group the finished runs of the plan into the main and ablation tables."""
+def _p(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+# -- aggregation ----------------------------------------------------------------------------------------------------
+
+
+def load_records(runs: list[Run], raw_dir: Path) -> dict[str, dict]:
     records = {}
     for run in runs:
         path = raw_dir / f"{run.name}.json"
         if path.is_file():
             records[run.name] = json.loads(path.read_text())
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for run in runs:
-        if run.name in records:
-            key = (run.table, run.method, run.backbone) if run.table == "main" else (run.table, run.variant, "")
-            groups.setdefault(key, []).append(records[run.name])
+    return records
 
-    def summary(items: list[dict]) -> dict[str, Any]:
-        mious = [round(item["mIoU"], 2) for item in items]  # rounded first, so every table shows the same mean
-        speeds = [item["train_images_per_s"] for item in items if item["train_images_per_s"]]
-        mean, std = _mean_std(mious)
-        return {
-            "mIoU_mean": round(mean, 2),
-            "mIoU_std": round(std, 2),
-            "mIoU_runs": [round(v, 2) for v in mious],
-            "seeds": [item["seed"] for item in items],
-            "n": len(items),
-            "params_M": round(items[0]["params"] / 1e6, 2),
-            "GFLOPs": round(items[0]["flops"] / 1e9, 3),
-            "train_images_per_s": round(statistics.fmean(speeds), 1) if speeds else None,
-            "wall_time_s_mean": round(statistics.fmean(item["wall_time_s"] for item in items), 1),
-        }
 
-    main = [
-        {"method": method, "backbone": backbone, "pretrained": pretrained} | summary(groups[("main", method, backbone)])
-        for backbone, pretrained in BACKBONES
-        for method in METHODS
-        if ("main", method, backbone) in groups
-    ]
-    ablation = []
-    default = groups.get(("main", "bridge", ABLATION_BACKBONE))
-    if default:
-        ablation.append({"variant": "default (N=2, both, CNN on, no concat)", **summary(default)})
-    for variant, options in ABLATIONS.items():
-        if ("ablation", variant, "") in groups:
-            ablation.append({"variant": variant, "options": options, **summary(groups[("ablation", variant, "")])})
+def _summary(items: list[dict]) -> dict[str, Any]:
+    mious = [round(item["mIoU"], 2) for item in items]  # rounded first, so every table shows the same mean
+    mean, std = _mean_std(mious)
     return {
-        "budget": dataclasses.asdict(budget),
-        "planned_runs": len(runs),
-        "finished_runs": len(records),
-        "complete": len(records) == len(runs),
-        "total_train_wall_time_s": round(sum(r["wall_time_s"] for r in records.values()), 1),
-        "median_wall_time_s": round(statistics.median(r["wall_time_s"] for r in records.values()), 1)
-        if records
-        else 0.0,
-        "main": main,
-        "ablation": ablation,
-        "runs": [
-            {key: records[run.name][key] for key in ("run", "seed", "mIoU", "wall_time_s", "finished")}
-            | {"mIoU": round(records[run.name]["mIoU"], 2), "wall_time_s": round(records[run.name]["wall_time_s"], 1)}
-            for run in runs
-            if run.name in records
-        ],
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads per run {budget.threads}",
+        "mIoU_mean": round(mean, 2),
+        "mIoU_std": round(std, 2),
+        "mIoU_runs": mious,
+        "seeds": [item["seed"] for item in items],
+        "n": len(items),
+        "params_M": round(items[0]["params"] / 1e6, 2),
+        "GFLOPs": round(items[0]["flops"] / 1e9, 3),
+        "wall_time_s_mean": round(statistics.fmean(item["wall_time_s"] for item in items), 1),
     }
 
 
-def to_markdown(summary: dict[str, Any], runs: list[Run], raw_dir: Path) -> str:
+def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
+    """Every table of the comparison, from the finished runs of the plan."""
+    runs = the_plan.ordered_runs()
+    records = load_records(runs, raw_dir)
+    summary: dict[str, Any] = {
+        "budget": budget.to_dict(),
+        "planned_runs": len(runs),
+        "finished_runs": len(records),
+        "complete": len(records) == len(runs),
+        "total_wall_time_s": round(sum(r["wall_time_s"] for r in records.values()), 1),
+        "median_wall_time_s": round(statistics.median(r["wall_time_s"] for r in records.values()), 1) if records else 0,
+        "datasets": {
+            name: DATASETS.get(name, {"derived_from": "mosaic", "heldout": list(HELDOUT_CLASSES)})
+            for name in sorted({run.dataset for run in runs})
+        },
+        "main": [],
+        "paired": [],
+        "curve": [],
+        "ablation": [],
+        "vocabulary": [],
+        "heldout": [],
+        "scratch": [],
+    }
+
+    def done(study: str) -> list[tuple[Run, dict]]:
+        return [(run, records[run.name]) for run in the_plan.studies.get(study, []) if run.name in records]
+
+    def group(pairs: list[tuple[Run, dict]], key: Any) -> dict[Any, list[dict]]:
+        groups: dict[Any, list[dict]] = {}
+        for run, record in pairs:
+            groups.setdefault(key(run), []).append(record)
+        return groups
+
+    decision = done("decision")
+    by_cell = group(decision, lambda run: (run.dataset, run.method))
+    for (dataset, method), items in by_cell.items():
+        summary["main"].append(
+            {"method": method, "backbone": DECISION_BACKBONE[0], "pretrained": DECISION_BACKBONE[1], "dataset": dataset}
+            | _summary(items)
+        )
+    for dataset in sorted({run.dataset for run, _ in decision}):
+        by_seed = {m: {r["seed"]: r["mIoU"] for r in by_cell.get((dataset, m), [])} for m in METHODS}
+        for other in ("denseclip", "lseg", "fpn"):
+            seeds = sorted(set(by_seed["bridge"]) & set(by_seed[other]))
+            diff = paired_difference([by_seed["bridge"][s] for s in seeds], [by_seed[other][s] for s in seeds])
+            summary["paired"].append({"dataset": dataset, "comparison": f"bridge - {other}", "seeds": seeds} | diff)
+        for method in METHODS:
+            items = by_cell.get((dataset, method), [])
+            vocab = [r["vocabulary"] for r in items if "vocabulary" in r]
+            if not vocab:
+                continue
+            row = {"dataset": dataset, "method": method, "n": len(vocab), "open_vocabulary": method in LANGUAGE_METHODS}
+            for key in ("mIoU_train_names", "mIoU_paraphrased", "mIoU_subset_mean"):
+                values = [v[key] for v in vocab if key in v]
+                row[key] = [round(v, 2) for v in values]
+            if row["mIoU_paraphrased"]:
+                kept = [p / t * 100 for p, t in zip(row["mIoU_paraphrased"], row["mIoU_train_names"], strict=True)]
+                row["paraphrase_kept_percent"] = [round(v, 1) for v in kept]
+            summary["vocabulary"].append(row)
+
+    for (method, iterations), items in sorted(
+        group(done("curve"), lambda run: (run.method, run.budget.iterations)).items(), key=lambda kv: kv[0][1]
+    ):
+        summary["curve"].append({"method": method, "iterations": iterations} | _summary(items))
+
+    default = {(r["seed"]): r for run, r in decision if run.dataset == DATASETS_ORDER[0] and run.method == "bridge"}
+    default_lseg = {r["seed"]: r for run, r in decision if run.dataset == DATASETS_ORDER[0] and run.method == "lseg"}
+    if default:
+        summary["ablation"].append({"variant": "default", "method": "bridge"} | _summary(list(default.values())))
+    for variant, items in group(done("ablation"), lambda run: run.variant).items():
+        method, options = ABLATIONS[variant]
+        reference = default_lseg if method == "lseg" else default
+        seeds = sorted(set(reference) & {r["seed"] for r in items})
+        mine = {r["seed"]: r["mIoU"] for r in items}
+        diff = paired_difference([mine[s] for s in seeds], [reference[s]["mIoU"] for s in seeds])
+        summary["ablation"].append(
+            {"variant": variant, "method": method, "options": options} | _summary(items) | {"vs_default": diff}
+        )
+
+    for method, items in group(done("heldout"), lambda run: run.method).items():
+        row = {"method": method, "n": len(items), "seeds": [r["seed"] for r in items]}
+        for key in ("seen_mIoU", "unseen_mIoU", "harmonic_mIoU"):
+            row[key] = [round(r["heldout"][key], 2) for r in items]
+        summary["heldout"].append(row)
+
+    for (backbone, method), items in group(done("scratch"), lambda run: (run.backbone, run.method)).items():
+        summary["scratch"].append({"method": method, "backbone": backbone, "pretrained": False} | _summary(items))
+
+    summary["runs"] = [
+        {
+            "run": name,
+            "seed": r["seed"],
+            "mIoU": round(r["mIoU"], 2),
+            "wall_time_s": round(r["wall_time_s"], 1),
+            "cpu": r.get("cpu"),
+            "finished": r["finished"],
+        }
+        for name, r in records.items()
+    ]
+    summary["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads per run {budget.threads}"
+    return summary
+
+
+def plot_curve(summary: dict[str, Any], path: Path) -> bool:
+    """The learning curve as a PNG; False when there is nothing to plot yet."""
+    if not summary["curve"]:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for method in ("bridge", "fpn"):
+        rows = [row for row in summary["curve"] if row["method"] == method]
+        if rows:
+            axis.errorbar(
+                [row["iterations"] for row in rows],
+                [row["mIoU_mean"] for row in rows],
+                yerr=[row["mIoU_std"] for row in rows],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
+    budget = summary["budget"]
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel(f"iterations (batch {budget['batch_size']}, crop {budget['crop_size']})")
+    axis.set_ylabel("mIoU on mosaic val")
+    axis.set_title("Learning curve, EfficientNet-Lite0 (ImageNet)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+def to_markdown(summary: dict[str, Any]) -> str:
     """Markdown tables of an aggregate."""
     budget = summary["budget"]
-    lines = ["# Comparison on the offline mosaic (generated by `benchmarks/compare.py`)", ""]
+    lines = ["# Comparison on the offline mosaics (generated by `benchmarks/compare.py`)", ""]
     if not summary["complete"]:
         lines += [
             f"**PARTIAL: {summary['finished_runs']} of {summary['planned_runs']} planned runs finished.** "
-            "Re-run `python benchmarks/compare.py` to finish (finished runs are skipped).",
+            "Re-run the same command to finish (finished runs are skipped); tables show what is finished.",
             "",
         ]
     lines += [
-        f"Budget, identical for every run: {budget['iterations']} iterations, batch {budget['batch_size']}, "
-        f"crop {budget['crop_size']}x{budget['crop_size']}, AdamW lr {budget['lr']:g} (backbone x0.1 when "
+        f"Decision budget, identical for every method: {budget['iterations']} iterations, batch "
+        f"{budget['batch_size']}, crop {budget['crop_size']}x{budget['crop_size']}, random scale "
+        f"{budget['scale_range'][0]:g}-{budget['scale_range'][1]:g}, AdamW lr {budget['lr']:g} (backbone x0.1 when "
         f"ImageNet-pretrained, x1 from scratch), wd 1e-4, {budget['warmup_iters']} warmup iterations then poly 0.9; "
-        "MiniLM text embeddings; validation on the 100 whole 192x192 val images of the default mosaic. "
+        "MiniLM text embeddings (no image-text pretraining); validation on the 100 whole 192x192 val images. "
         f"{budget['threads']} torch thread per run, two runs at a time on 2 CPU cores.",
         "",
-        f"Wall time: the runs' sum is {summary['total_train_wall_time_s'] / 3600:.2f} h, i.e. "
-        f"{summary['total_train_wall_time_s'] / 3600 / 2:.2f} h elapsed with two in parallel, including runs "
-        f"slowed by other work on the machine (see the last table); the median run took "
-        f"{summary['median_wall_time_s']:.0f} s, which puts all {summary['planned_runs']} runs at about "
-        f"{summary['planned_runs'] * summary['median_wall_time_s'] / 2 / 60:.0f} min on two otherwise idle cores.",
+        f"Wall time: the finished runs sum to {summary['total_wall_time_s'] / 3600:.2f} h (median run "
+        f"{summary['median_wall_time_s']:.0f} s, with another run beside it).",
         "",
-        "## Methods x backbones",
+        "## Decision table: EfficientNet-Lite0 (ImageNet)",
         "",
-        "mIoU on mosaic val (mean ± sample std over seeds). Params without the text encoder; GFLOPs for one "
-        f"{budget['crop_size']}x{budget['crop_size']} image (2 FLOPs per multiply-add, 13 classes); train img/s is "
-        "end to end (data loading included), one thread, with another run beside it; where other work shared the "
-        "machine, identical settings varied up to 3x between runs, so use throughput.md for speed.",
+        "mIoU on val, mean ± sample std over seeds.",
         "",
-        "| backbone | method | mIoU | params (M) | GFLOPs | train img/s |",
-        "|---|---|---:|---:|---:|---:|",
     ]
-    for row in summary["main"]:
-        backbone = row["backbone"] + (" (ImageNet)" if row["pretrained"] else " (scratch)")
-        lines.append(
-            f"| {backbone} | {row['method']} | {_cell(row['mIoU_runs'])} | {row['params_M']:.2f} | "
-            f"{row['GFLOPs']:.3f} | {row['train_images_per_s'] or '–'} |"
-        )
-    lines += ["", "mIoU at a glance (mean over seeds):", ""]
-    backbones = [backbone for backbone, _ in BACKBONES]
-    lines += ["| method | " + " | ".join(backbones) + " |", "|---|" + "---:|" * len(backbones)]
-    by_key = {(row["method"], row["backbone"]): row for row in summary["main"]}
+    datasets = sorted({row["dataset"] for row in summary["main"]}, key=DATASETS_ORDER.index)
+    by_key = {(row["dataset"], row["method"]): row for row in summary["main"]}
+    lines += [
+        "| method | " + " | ".join(datasets) + " | params (M) | GFLOPs |",
+        "|---|" + "---:|" * (len(datasets) + 2),
+    ]
     for method in METHODS:
-        cells = []
-        for backbone in backbones:
-            row = by_key.get((method, backbone))
-            cells.append(f"{row['mIoU_mean']:.2f}" if row else "–")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        rows = [by_key.get((dataset, method)) for dataset in datasets]
+        if not any(rows):
+            continue
+        first = next(row for row in rows if row)
+        cells = [_cell(row["mIoU_runs"]) if row else "–" for row in rows]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {first['params_M']:.2f} | {first['GFLOPs']:.3f} |")
     lines += [
         "",
-        f"## Ablation: bridge on {ABLATION_BACKBONE}, same budget",
+        f"GFLOPs for one {budget['crop_size']}x{budget['crop_size']} image, 2 FLOPs per multiply-add, 13 classes.",
         "",
-        "| variant | mIoU | params (M) | GFLOPs |",
-        "|---|---:|---:|---:|",
+        "### Paired differences (same seed, same data order)",
+        "",
+        "| dataset | difference | seeds | per seed | mean | 95 % CI | paired t p | Wilcoxon p |",
+        "|---|---|---|---|---:|---|---:|---:|",
     ]
-    for row in summary["ablation"]:
-        lines.append(f"| {row['variant']} | {_cell(row['mIoU_runs'])} | {row['params_M']:.2f} | {row['GFLOPs']:.3f} |")
+    for row in summary["paired"]:
+        ci = f"[{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]" if row.get("ci95") else "–"
+        per_seed = ", ".join(f"{d:+.2f}" for d in row["differences"])
+        mean = f"{row['mean']:+.2f}" if row["mean"] is not None else "–"
+        lines.append(
+            f"| {row['dataset']} | {row['comparison']} | {len(row['seeds'])} | {per_seed} | {mean} | {ci} | "
+            f"{_p(row.get('t_p'))} | {_p(row.get('wilcoxon_p'))} |"
+        )
     lines += [
         "",
+        "With 5 pairs the two-sided Wilcoxon p-value cannot fall below 0.0625; the t-test and the interval decide.",
+        "",
+    ]
+    if summary["curve"]:
+        lines += [
+            "## Learning curve: bridge and fpn, EfficientNet-Lite0, `mosaic`",
+            "",
+            "Each point is its own run with the whole schedule (warmup and poly decay) at that length.",
+            "",
+            "![learning curve](compare_curve.png)",
+            "",
+            "| method | iterations | mIoU | wall time per run (s) |",
+            "|---|---:|---:|---:|",
+        ]
+        for row in summary["curve"]:
+            lines.append(
+                f"| {row['method']} | {row['iterations']} | {_cell(row['mIoU_runs'])} | {row['wall_time_s_mean']:.0f} |"
+            )
+        lines.append("")
+    if summary["vocabulary"]:
+        lines += [
+            "## What the language path buys: vocabulary at test time",
+            "",
+            "Same decision runs. *Paraphrased*: every class renamed (`benchmarks/paraphrases.json`); closed-set "
+            "methods cannot take new names. *Subsets*: 5 fixed random halves of the classes; labels outside the half "
+            "are ignored; language methods are given the half's names, closed-set ones the arg-max over the half's "
+            "logits; mIoU over the half's classes.",
+            "",
+            "| dataset | method | open vocabulary | training names | paraphrased | kept (%) | subsets |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        for row in summary["vocabulary"]:
+            kept = row.get("paraphrase_kept_percent")
+            lines.append(
+                f"| {row['dataset']} | {row['method']} | {'yes' if row['open_vocabulary'] else 'no (closed-set)'} | "
+                f"{_cell(row['mIoU_train_names'])} | "
+                f"{_cell(row['mIoU_paraphrased']) if row['mIoU_paraphrased'] else '–'} "
+                f"| {_cell(kept) if kept else '–'} | {_cell(row['mIoU_subset_mean'])} |"
+            )
+        lines.append("")
+    if summary["heldout"]:
+        lines += [
+            f"## Held-out classes ({', '.join(HELDOUT_CLASSES)}): generalised zero-shot",
+            "",
+            "Trained on `mosaic` with those classes' pixels ignored, evaluated with every name.",
+            "",
+            "| method | seen mIoU | unseen mIoU | harmonic mean |",
+            "|---|---:|---:|---:|",
+        ]
+        for row in summary["heldout"]:
+            lines.append(
+                f"| {row['method']} | {_cell(row['seen_mIoU'])} | {_cell(row['unseen_mIoU'])} | "
+                f"{_cell(row['harmonic_mIoU'])} |"
+            )
+        lines.append("")
+    if summary["ablation"]:
+        lines += [
+            "## Ablation on `mosaic`, decision budget",
+            "",
+            "One switch at a time; difference to the default (same seeds), with its paired t-test.",
+            "",
+            "| variant | method | options | mIoU | vs default | paired t p | params (M) | GFLOPs |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in summary["ablation"]:
+            diff = row.get("vs_default")
+            delta = f"{diff['mean']:+.2f} (n={diff['n']})" if diff and diff["mean"] is not None else "–"
+            options = ", ".join(f"{k}={v}" for k, v in row.get("options", {}).items()) or "–"
+            lines.append(
+                f"| {row['variant']} | {row['method']} | {options} | {_cell(row['mIoU_runs'])} | {delta} | "
+                f"{_p(diff.get('t_p')) if diff else '–'} | {row['params_M']:.2f} | {row['GFLOPs']:.3f} |"
+            )
+        lines.append("")
+    if summary["scratch"]:
+        lines += [
+            "## Backbones from scratch (not informative while `fpn` is below 25 mIoU)",
+            "",
+            "| backbone | method | mIoU |",
+            "|---|---|---:|",
+        ]
+        for row in summary["scratch"]:
+            lines.append(f"| {row['backbone']} | {row['method']} | {_cell(row['mIoU_runs'])} |")
+        lines.append("")
+    lines += [
         "## Every run",
         "",
-        "Wall time covers building the model, training, validation and the cost count, with another run beside it.",
+        "Wall time covers building the model, training, validation, the vocabulary evaluation and the cost count, "
+        "with another run beside it.",
         "",
         "| run | seed | mIoU | wall time (s) | finished |",
         "|---|---:|---:|---:|---|",
@@ -400,49 +839,55 @@ def to_markdown(summary: dict[str, Any], runs: list[Run], raw_dir: Path) -> str:
             f"| {record['run']} | {record['seed']} | {record['mIoU']:.2f} | {record['wall_time_s']:.0f} | "
             f"{record['finished']} |"
         )
-    shown = raw_dir.resolve().relative_to(REPO) if raw_dir.resolve().is_relative_to(REPO) else raw_dir
-    lines += ["", f"Per-run records: `{shown}/<run>.json` (git-ignored).", ""]
+    lines += ["", "Per-run records: `benchmarks/results/compare.raw/<run>.json`.", ""]
     return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    default = Budget()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--studies", nargs="+", choices=STUDIES, default=list(STUDIES), help="studies, in order")
+    parser.add_argument("--data-root", default=str(REPO / "data"), help="where the mosaics are generated")
+    parser.add_argument("--raw-dir", default=str(RAW), help="per-run records")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="decision-table seeds")
+    parser.add_argument("--curve-iterations", type=int, nargs="+", default=[200, 600, 1200, 2400])
+    parser.add_argument("--curve-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", choices=list(ABLATIONS), help="ablation variants (default: all)")
+    parser.add_argument("--heldout-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--scratch-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--iterations", type=int, default=default.iterations)
+    parser.add_argument("--batch-size", type=int, default=default.batch_size)
+    parser.add_argument("--crop-size", type=int, default=default.crop_size)
+    parser.add_argument("--lr", type=float, default=default.lr)
+    parser.add_argument("--scale-range", type=float, nargs=2, default=list(default.scale_range))
+    parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--threads", type=int, default=default.threads, help="torch threads per run")
+    parser.add_argument("--aggregate-only", action="store_true", help="only rebuild the tables and the plot")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=str(REPO / "data" / "mosaic"), help="mosaic folder (generated if absent)")
-    parser.add_argument("--raw-dir", default=str(RAW), help="per-run records")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the ablation runs")
-    parser.add_argument("--only", choices=["main", "ablation"])
-    parser.add_argument("--iterations", type=int, default=Budget.iterations)
-    parser.add_argument("--batch-size", type=int, default=Budget.batch_size)
-    parser.add_argument("--crop-size", type=int, default=Budget.crop_size)
-    parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
-    parser.add_argument("--threads", type=int, default=Budget.threads, help="torch threads per run")
-    parser.add_argument("--aggregate-only", action="store_true", help="only rebuild the tables")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-
     sys.path.insert(0, str(REPO / "src"))
-    from bridgeseg.demo import DEMO_DATA, ensure_mosaic
-
-    budget = Budget(
-        iterations=args.iterations,
-        batch_size=args.batch_size,
-        crop_size=args.crop_size,
-        warmup_iters=max(1, args.iterations // 20),
-        threads=args.threads,
-    )
+    the_plan = plan(args)
+    runs = the_plan.ordered_runs()
     raw_dir = Path(args.raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(args.data_dir)
-    runs = plan_runs(args.seeds, args.ablation_seeds, args.only)
+    data_root = Path(args.data_root)
     if not args.aggregate_only:
-        ensure_mosaic(data_dir, **DEMO_DATA)
-        run_all(runs, budget, data_dir, raw_dir, args.workers)
-    summary = aggregate(runs, raw_dir, budget)
+        prepare_data(data_root, {run.dataset for run in runs})
+        run_all(runs, data_root, raw_dir, args.workers)
+    budget = Budget(args.iterations, args.batch_size, args.crop_size, args.lr, tuple(args.scale_range), args.threads)
+    summary = aggregate(the_plan, raw_dir, budget)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
-    markdown = to_markdown(summary, runs, raw_dir)
+    plot_curve(summary, RESULTS / "compare_curve.png")
+    markdown = to_markdown(summary)
     (RESULTS / "compare.md").write_text(markdown)
     print(markdown)
     return 0

@@ -51,26 +51,36 @@ _NUM_VAL_OVERLAYS = 8
 _QUICK_STEPS = 3
 
 
-def _data_parameters(num_train: int, num_val: int, size: int, seed: int) -> dict[str, Any]:
+def _data_parameters(
+    num_train: int, num_val: int, size: int, seed: int, include_cc_by: bool, difficulty: dict[str, Any]
+) -> dict[str, Any]:
     """The parameters that define a generated mosaic, in the form `meta.json` records them."""
     from bridgeseg.data.mosaic import MosaicDifficulty, mosaic_classes
 
-    difficulty = {
-        key: list(value) if isinstance(value, tuple) else value
-        for key, value in dataclasses.asdict(MosaicDifficulty()).items()
-    }
+    knobs = MosaicDifficulty(**{key: tuple(v) if isinstance(v, list) else v for key, v in difficulty.items()})
+    classes = mosaic_classes(include_cc_by)
     return {
         "num_train": num_train,
         "num_val": num_val,
         "size": size,
         "seed": seed,
-        "include_cc_by": False,
-        "classes": mosaic_classes(),
-        "difficulty": difficulty,
+        "include_cc_by": include_cc_by,
+        "classes": classes[: knobs.num_classes] if knobs.num_classes else classes,
+        "difficulty": {
+            key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(knobs).items()
+        },
     }
 
 
-def ensure_mosaic(data_dir: str | os.PathLike[str], num_train: int, num_val: int, size: int, seed: int) -> bool:
+def ensure_mosaic(
+    data_dir: str | os.PathLike[str],
+    num_train: int,
+    num_val: int,
+    size: int,
+    seed: int,
+    include_cc_by: bool = False,
+    **difficulty: Any,
+) -> bool:
     """Generate the mosaic into `data_dir` unless it already holds one with the same parameters.
 
     An earlier mosaic with other parameters (or older difficulty defaults) is replaced; a folder that holds
@@ -82,6 +92,8 @@ def ensure_mosaic(data_dir: str | os.PathLike[str], num_train: int, num_val: int
         num_val: Validation images.
         size: Image side in pixels.
         seed: Generator seed.
+        include_cc_by: Also use the two CC BY 2.0 photos (see `generate_mosaic`).
+        **difficulty: Fields of `MosaicDifficulty`; the rest keep their defaults.
 
     Returns:
         True if the data was generated now, False if the existing folder was reused.
@@ -89,7 +101,7 @@ def ensure_mosaic(data_dir: str | os.PathLike[str], num_train: int, num_val: int
     from bridgeseg.data.mosaic import generate_mosaic
 
     data_dir = Path(data_dir)
-    wanted = _data_parameters(num_train, num_val, size, seed)
+    wanted = _data_parameters(num_train, num_val, size, seed, include_cc_by, difficulty)
     meta_path = data_dir / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
@@ -97,7 +109,17 @@ def ensure_mosaic(data_dir: str | os.PathLike[str], num_train: int, num_val: int
             logger.info("reusing the mosaic in %s (same parameters)", data_dir)
             return False
         logger.info("the mosaic in %s was made with other parameters; generating it again", data_dir)
-    generate_mosaic(data_dir, num_train=num_train, num_val=num_val, size=size, seed=seed, overwrite=True, progress=True)
+    generate_mosaic(
+        data_dir,
+        num_train=num_train,
+        num_val=num_val,
+        size=size,
+        seed=seed,
+        include_cc_by=include_cc_by,
+        overwrite=True,
+        progress=True,
+        **difficulty,
+    )
     return True
 
 
@@ -245,7 +267,7 @@ def run_demo(
     overlay_dir = out_dir / "overlays"
     overlay_dir.mkdir(exist_ok=True)
     val_overlays = _val_overlays(segmenter, data_dir, overlay_dir, 2 if quick else _NUM_VAL_OVERLAYS)
-    photo_scale = _data_parameters(**data)["difficulty"]["photo_scale"]
+    photo_scale = _data_parameters(**data, include_cc_by=False, difficulty={})["difficulty"]["photo_scale"]
     photos = _photo_overlays(segmenter, overlay_dir, short_side=round(photo_scale * data["size"]))
 
     data_config = cli.datamodule
@@ -265,7 +287,11 @@ def run_demo(
         "cpu_time_s": round(time.process_time() - cpu_start, 1),
         "data_time_s": round(data_seconds, 1),
         "train_time_s": round(train_seconds, 1),
-        "data": {"root": str(data_dir), "generated_now": generated, **_data_parameters(**data)},
+        "data": {
+            "root": str(data_dir),
+            "generated_now": generated,
+            **_data_parameters(**data, include_cc_by=False, difficulty={}),
+        },
         "model": module.model.config.to_dict() | {"classes": classes},
         "text_encoder_note": "minilm = all-MiniLM-L6-v2, a sentence encoder without image-text pretraining, "
         "standing in for CLIP's text tower (offline)",

@@ -290,7 +290,7 @@ def _first_line(error: BaseException) -> str:
 def _rebuild(config: dict[str, Any], state: dict[str, Tensor], path: Path, method: str | None) -> Segmentor:
     try:
         # The weights come from the checkpoint: never fetch pretrained ones.
-        model_config = ModelConfig.from_dict({**config, "pretrained": False})
+        model_config = ModelConfig.from_saved_dict({**config, "pretrained": False})
     except (TypeError, ValueError) as error:
         raise CheckpointError(
             f"{path}: invalid model config ({error}); was it written by a newer bridgeseg?"

@@ -61,3 +61,45 @@ def test_semantic_fpn_handles_sizes_not_divisible_by_32() -> None:
     decoder = SemanticFPN([4, 8, 16, 32], channels=8)
     features = [torch.randn(1, 4, 13, 18), torch.randn(1, 8, 7, 9), torch.randn(1, 16, 4, 5), torch.randn(1, 32, 2, 3)]
     assert decoder(features).shape == (1, 8, 13, 18)
+
+
+@pytest.mark.parametrize("num_blocks", [1, 2, 4])
+def test_identity_start_leaves_the_projections_untouched(num_blocks: int) -> None:
+    torch.manual_seed(0)
+    features, text = torch.randn(2, 24, 4, 5), torch.randn(7, 12)
+    started = BridgeFusion(24, 12, dim=32, num_heads=4, num_blocks=num_blocks, identity_start=True).eval()
+    plain = BridgeFusion(24, 12, dim=32, num_heads=4, num_blocks=num_blocks).eval()
+    for fusion, close in ((started, True), (plain, False)):
+        with torch.no_grad():
+            pixels, tokens = fusion(features, text)
+            projected_pixels = fusion.pixel_proj(features)
+            projected_tokens = fusion.token_proj(text).expand(2, -1, -1)
+        assert torch.allclose(pixels, projected_pixels, atol=1e-2) is close
+        assert torch.allclose(tokens, projected_tokens, atol=1e-2) is close
+
+
+def test_identity_start_still_trains_every_part() -> None:
+    fusion = BridgeFusion(24, 12, dim=32, num_heads=4, num_blocks=2, identity_start=True)
+    pixels, tokens = fusion(torch.randn(2, 24, 4, 5), torch.randn(7, 12))
+    (pixels.square().mean() + tokens.square().mean() + pixels.mean() * tokens.mean()).backward()
+    silent = [name for name, p in fusion.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # At γ = 0 the CNN branch's inner weights get no gradient until γ moves; everything else must.
+    assert all(".cnn.body." in name and not name.endswith("body.7.weight") for name in silent), silent
+    assert all(block.t2v_scale.gamma.grad.abs().sum() > 0 for block in fusion.blocks)
+
+
+def test_tokens_carried_from_another_level() -> None:
+    first = BridgeFusion(16, 12, dim=32, num_heads=4, num_blocks=1)
+    second = BridgeFusion(24, None, dim=32, num_heads=4, num_blocks=1)
+    assert second.token_proj is None
+    _, tokens = first(torch.randn(1, 16, 8, 8), torch.randn(5, 12))
+    pixels, carried = second(torch.randn(1, 24, 4, 4), tokens=tokens)
+    assert pixels.shape == (1, 32, 4, 4) and carried.shape == (1, 5, 32)
+    with pytest.raises(ValueError, match="tokens of the previous level"):
+        second(torch.randn(1, 24, 4, 4), torch.randn(5, 12))
+
+
+def test_full_projection_projects_both_sides() -> None:
+    fusion = BridgeFusion(8, 6, dim=16, num_heads=2, num_blocks=1, full_projection=True)
+    assert isinstance(fusion.blocks[0].v2t.key, torch.nn.Linear)
+    assert isinstance(fusion.blocks[0].t2v.query, torch.nn.Linear)

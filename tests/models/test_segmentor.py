@@ -200,3 +200,48 @@ def test_default_bridge_fits_the_lightweight_budget() -> None:
     assert all(report.flops[part] > 0 for part in ("backbone", "fusion", "decoder", "head"))
     assert report.total_flops == sum(report.flops.values())
     assert report.text_encoder_params == 0  # embeddings given: the text encoder was never loaded
+
+
+def test_bridge_switches_build_and_train(class_embeddings: torch.Tensor) -> None:
+    for options in (
+        {"fusion_levels": 2},
+        {"fusion_levels": 2, "keep_c5": False},
+        {"keep_c5": False, "identity_start": False},
+        {"full_projection": True, "fusion_dim": 16},
+        {"concat_score_map": True},
+    ):
+        model = tiny("bridge", class_embeddings=class_embeddings, **options)
+        model.loss(batch())["loss"].backward()
+        missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, (options, missing)
+    with pytest.raises(ValueError, match="fusion_levels"):
+        tiny("bridge", class_embeddings=class_embeddings, fusion_levels=3)
+
+
+def test_keep_c5_feeds_the_untouched_c5_to_the_decoder(class_embeddings: torch.Tensor) -> None:
+    kept = tiny("bridge", class_embeddings=class_embeddings)
+    replaced = tiny("bridge", class_embeddings=class_embeddings, keep_c5=False)
+    c5 = kept.backbone.channels[-1]
+    assert kept.decoder.laterals[-1][0].in_channels == c5 + 32
+    assert replaced.decoder.laterals[-1][0].in_channels == 32
+
+
+@pytest.mark.parametrize("method", ["bridge", "lseg"])
+def test_pixel_projection_lets_pixel_embeddings_leave_the_positive_orthant(method: str, class_embeddings) -> None:
+    model = tiny(method, class_embeddings=class_embeddings)
+    assert model.head.pixel_proj is not None
+    post_relu = torch.rand(1, 16, 4, 4)  # what the decoder emits
+    assert (model.head.pixel_proj(post_relu) < 0).any()
+    assert tiny(method, class_embeddings=class_embeddings, pixel_projection=False).head.pixel_proj is None
+
+
+def test_models_saved_before_the_new_switches_rebuild_as_they_were(class_embeddings: torch.Tensor) -> None:
+    from bridgeseg.models.segmentor import LEGACY_OPTIONS
+
+    for method in ("bridge", "lseg"):
+        old = tiny(method, class_embeddings=class_embeddings, **LEGACY_OPTIONS)
+        saved = {key: value for key, value in old.config.to_dict().items() if key not in LEGACY_OPTIONS}
+        rebuilt = create_model(ModelConfig.from_saved_dict(saved), class_embeddings=class_embeddings)
+        rebuilt.load_state_dict(old.state_dict(), strict=True)
+        # A config from the new code keeps its own values.
+        assert ModelConfig.from_saved_dict(tiny(method, class_embeddings=class_embeddings).config.to_dict()).keep_c5

@@ -21,6 +21,8 @@ def component_of(name: str) -> str:
     top = name.split(".", 1)[0]
     if top == "text_encoder":
         return "text_encoder"
+    if top.startswith("fusion"):  # fusion and, with two levels, fusion_c4
+        return "fusion"
     return top if top in COMPONENTS else "head"
 
 

@@ -16,20 +16,35 @@ class LanguageHead(nn.Module):
     space, keeps the cost at stride 4 proportional to the decoder width; both are bilinear forms
     `eᵀ W t`, so the open vocabulary is kept.
 
+    The decoder's output comes out of a ReLU, so every pixel embedding lies in the positive orthant and cannot point
+    anywhere else on the sphere; `pixel_projection` adds a linear 1×1 convolution (no activation) before
+    the normalisation, as LSeg's head does, so a pixel can point anywhere.
+
     Args:
         embed_dim: Channels of the pixel embeddings E.
         class_dim: Size of the class embeddings given to `forward`.
         tau: Initial temperature.
         learnable_tau: Learn the temperature.
+        pixel_projection: Project the pixel embeddings linearly before the normalisation.
     """
 
-    def __init__(self, embed_dim: int, class_dim: int, tau: float = 0.07, learnable_tau: bool = True) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        class_dim: int,
+        tau: float = 0.07,
+        learnable_tau: bool = True,
+        pixel_projection: bool = False,
+    ) -> None:
         super().__init__()
+        self.pixel_proj = nn.Conv2d(embed_dim, embed_dim, 1) if pixel_projection else None
         self.class_proj = nn.Linear(class_dim, embed_dim)
         self.temperature = Temperature(tau, learnable_tau)
 
     def forward(self, pixels: Tensor, class_embeddings: Tensor) -> Tensor:
         """`pixels` [B, E, H, W], `class_embeddings` [K, Dc] or [B, K, Dc] → logits [B, K, H, W]."""
+        if self.pixel_proj is not None:
+            pixels = self.pixel_proj(pixels)
         return cosine_logits(pixels, self.class_proj(class_embeddings), self.temperature())
 
 

@@ -55,6 +55,16 @@ class ModelConfig:
         cnn_branch: The fusion module's CNN branch (ablation).
         concat_score_map: Concatenate the score map onto the fused features as DenseCLIP does (ablation);
             it fixes the number of classes, so the model becomes closed-set.
+        identity_start: Start the fusion module as the identity (layer scales at 1e-4, zero-γ CNN residuals)
+            (ablation; False is the module as first built).
+        keep_c5: Give the decoder the untouched C5 beside the fused map (concatenated), instead of replacing C5
+            with it, so the fusion module can only add to the pretrained path (ablation).
+        fusion_levels: 1 fuses C5 only; 2 fuses C4 first and carries its class tokens on to C5, as Mobile-Former
+            carries its tokens through the stages (ablation).
+        full_projection: Project queries, keys and values on both sides of the bridge (ablation; Mobile-Former
+            leaves the pixel side unprojected).
+        pixel_projection: A linear 1×1 projection of the pixel embeddings before the cosine classifier of
+            `bridge` and `lseg` (ablation; without it the cosine sees post-ReLU features).
         aux_weight: Weight of the auxiliary loss on the stride-32 score map (DenseCLIP: 0.4; 0 disables it).
         tau: Temperature of the cosine logits.
         learnable_tau: Learn the temperature.
@@ -75,6 +85,11 @@ class ModelConfig:
     v2t_kv_proj: bool = False
     cnn_branch: bool = True
     concat_score_map: bool = False
+    identity_start: bool = True
+    keep_c5: bool = True
+    fusion_levels: int = 1
+    full_projection: bool = False
+    pixel_projection: bool = True
     aux_weight: float = 0.4
     tau: float = 0.07
     learnable_tau: bool = True
@@ -88,9 +103,24 @@ class ModelConfig:
             raise ValueError(f"unknown model option(s) {', '.join(unknown)}; valid options: {', '.join(names)}")
         return cls(**values)
 
+    @classmethod
+    def from_saved_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Rebuild the config of a saved model; options it predates take the values that model was built with."""
+        return cls.from_dict({**LEGACY_OPTIONS, **values})
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
         return dataclasses.asdict(self)
+
+
+# Options added after models were first saved, with the value every model saved before them was built with.
+LEGACY_OPTIONS: dict[str, Any] = {
+    "identity_start": False,
+    "keep_c5": False,
+    "fusion_levels": 1,
+    "full_projection": False,
+    "pixel_projection": False,
+}
 
 
 def validate_class_names(classes: Sequence[str]) -> list[str]:
@@ -437,20 +467,35 @@ class BridgeSegmentor(Segmentor):
 
     def _build(self) -> None:
         cfg = self.config
-        channels = self.backbone.channels
-        self.fusion = BridgeFusion(
-            channels[-1],
-            self.text_dim,
-            dim=cfg.fusion_dim,
-            num_heads=cfg.fusion_heads,
-            num_blocks=cfg.fusion_blocks,
-            bridge=cfg.bridge,
-            v2t_kv_proj=cfg.v2t_kv_proj,
-            cnn_branch=cfg.cnn_branch,
+        if cfg.fusion_levels not in (1, 2):
+            raise ValueError(f"fusion_levels must be 1 (C5) or 2 (C4 and C5), got {cfg.fusion_levels}")
+        channels = list(self.backbone.channels)
+
+        def fusion(in_channels: int, text_dim: int | None) -> BridgeFusion:
+            return BridgeFusion(
+                in_channels,
+                text_dim,
+                dim=cfg.fusion_dim,
+                num_heads=cfg.fusion_heads,
+                num_blocks=cfg.fusion_blocks,
+                bridge=cfg.bridge,
+                v2t_kv_proj=cfg.v2t_kv_proj,
+                cnn_branch=cfg.cnn_branch,
+                identity_start=cfg.identity_start,
+                full_projection=cfg.full_projection,
+            )
+
+        # With two levels, C4's module projects the text and hands its tokens on to C5's.
+        self.fusion_c4 = fusion(channels[-2], self.text_dim) if cfg.fusion_levels == 2 else None
+        self.fusion = fusion(channels[-1], None if self.fusion_c4 is not None else self.text_dim)
+        kept = channels if cfg.keep_c5 else [0] * len(channels)
+        decoder_channels = channels[:-2]
+        decoder_channels.append(kept[-2] + cfg.fusion_dim if self.fusion_c4 is not None else channels[-2])
+        decoder_channels.append(kept[-1] + cfg.fusion_dim + (self.num_classes if cfg.concat_score_map else 0))
+        self.decoder = SemanticFPN(decoder_channels, cfg.decoder_channels)
+        self.head = LanguageHead(
+            cfg.decoder_channels, cfg.fusion_dim, cfg.tau, cfg.learnable_tau, pixel_projection=cfg.pixel_projection
         )
-        top_channels = cfg.fusion_dim + (self.num_classes if cfg.concat_score_map else 0)
-        self.decoder = SemanticFPN([*channels[:-1], top_channels], cfg.decoder_channels)
-        self.head = LanguageHead(cfg.decoder_channels, cfg.fusion_dim, cfg.tau, cfg.learnable_tau)
         self.score_temperature = Temperature(cfg.tau, cfg.learnable_tau)
 
     @property
@@ -458,13 +503,22 @@ class BridgeSegmentor(Segmentor):
         return not self.config.concat_score_map
 
     def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
-        features = self.backbone(images)
-        pixels, tokens = self.fusion(features[-1], text_embeddings)  # [B, D, h, w], [B, K, D]
+        cfg = self.config
+        features = list(self.backbone(images))
+        if self.fusion_c4 is None:
+            pixels, tokens = self.fusion(features[-1], text_embeddings)  # [B, D, h, w], [B, K, D]
+        else:
+            pixels_c4, tokens = self.fusion_c4(features[-2], text_embeddings)
+            features[-2] = torch.cat([features[-2], pixels_c4], dim=1) if cfg.keep_c5 else pixels_c4
+            pixels, tokens = self.fusion(features[-1], tokens=tokens)
         scores = None
-        if self.config.concat_score_map or (self.training and self.config.aux_weight > 0):
+        if cfg.concat_score_map or (self.training and cfg.aux_weight > 0):
             scores = cosine_logits(pixels, tokens, self.score_temperature())  # [B, K, h, w]
-        top = torch.cat([pixels, scores], dim=1) if self.config.concat_score_map else pixels
-        embeddings = self.decoder([*features[:-1], top])
+        # keep_c5: the untouched C5 goes on beside the fused map, so the fusion can only add to it.
+        top = [features[-1], pixels] if cfg.keep_c5 else [pixels]
+        if cfg.concat_score_map:
+            top.append(scores)
+        embeddings = self.decoder([*features[:-1], torch.cat(top, dim=1)])
         return {"logits": self.head(embeddings, tokens), "aux": scores}
 
 
@@ -476,7 +530,9 @@ class LSegSegmentor(Segmentor):
     def _build(self) -> None:
         cfg = self.config
         self.decoder = SemanticFPN(self.backbone.channels, cfg.decoder_channels)
-        self.head = LanguageHead(cfg.decoder_channels, self.text_dim, cfg.tau, cfg.learnable_tau)
+        self.head = LanguageHead(
+            cfg.decoder_channels, self.text_dim, cfg.tau, cfg.learnable_tau, pixel_projection=cfg.pixel_projection
+        )
         self.regularization = SpatialRegularization(num_blocks=2)
 
     @property
