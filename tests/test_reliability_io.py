@@ -6,6 +6,7 @@ import errno
 import io
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -137,3 +138,21 @@ def test_full_disk_during_training_stops_with_one_line_and_keeps_the_checkpoints
         assert (checkpoints / name).read_bytes() == content
         assert load_checkpoint(checkpoints / name)["global_step"] == 2
     assert leftovers(checkpoints) == []
+
+
+def test_written_files_take_the_umask_and_replaced_files_keep_their_mode(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        new = write_atomically(tmp_path / "new.json", lambda handle: handle.write(b"{}"))
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644
+        os.umask(0o077)
+        private = write_atomically(tmp_path / "private.json", lambda handle: handle.write(b"{}"))
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+        shared = tmp_path / "shared.safetensors"
+        shared.write_bytes(b"old")
+        shared.chmod(0o664)
+        write_atomically(shared, lambda handle: handle.write(b"new"))
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o664 and shared.read_bytes() == b"new"
+    finally:
+        os.umask(previous)
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -12,6 +13,9 @@ from typing import BinaryIO
 
 def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
     """Write a file so that a crash or a full disk leaves any previous version intact.
+
+    The file gets the permissions `open()` would give it: a new file those of the umask (0644 under the usual
+    022), a replaced file its previous mode.
 
     Args:
         path: Destination.
@@ -27,9 +31,24 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    existed = path.exists()
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        previous_mode: int | None = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        previous_mode = None
+    existed = previous_mode is not None
+    # Not tempfile.mkstemp: it creates the file 0600 whatever the umask, and a replaced 0644 file would turn 0600.
+    for _ in range(100):
+        temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"could not create a temporary file next to {path}")
+    try:
+        if previous_mode is not None:
+            os.chmod(temporary, previous_mode)
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
