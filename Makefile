@@ -13,7 +13,7 @@ STAMP := $(VENV)/.bridgeseg-installed
 CHROMIUM ?= /usr/bin/chromium
 BROWSER_STAMP := $(VENV)/.bridgeseg-browser-installed
 
-.PHONY: demo test test-slow test-browser lint format cost clean
+.PHONY: demo test test-slow test-browser test-wheel lint format cost clean
 
 $(BASE_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ demo: $(BASE_STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
+
+# The built wheel in a fresh virtualenv outside the checkout: `bridgeseg demo --quick` and a shipped config by name.
+test-wheel: $(BASE_STAMP)
+	.ci/test_wheel.sh
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

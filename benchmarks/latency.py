@@ -48,10 +48,10 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from bridgeseg.export import export_onnx  # noqa: E402
 from bridgeseg.io import write_atomically  # noqa: E402
 from bridgeseg.models import create_model  # noqa: E402
 from bridgeseg.models.cost import cost_report  # noqa: E402
+from bridgeseg.onnx import export_onnx  # noqa: E402
 
 logger = logging.getLogger("benchmarks.latency")
 

@@ -1,6 +1,7 @@
 """Write the shipped configs: `python configs/make_configs.py` (re-run after changing a recipe here).
 
-Each config is complete on its own, so `bridgeseg fit --config configs/ade20k/<name>.yaml` needs nothing else.
+The configs live in the package (`src/bridgeseg/configs/<dataset>/`, shipped in the wheel); `configs/<dataset>`
+links there. Each config is complete on its own, so `bridgeseg fit --config ade20k/<name>.yaml` needs nothing else.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1] / "src" / "bridgeseg" / "configs"
 
 # DenseCLIP's ADE20K recipe: global batch 32 (8 GPUs x 4), AdamW lr 1e-4, wd 1e-4, backbone lr x 0.1,
 # poly 0.9 after 1500 warmup iterations, slide test (crop 512, stride 341) at short side 512.

@@ -19,9 +19,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bridgeseg.app import AppLimits, create_app
+from bridgeseg.checkpoints import save_checkpoint
 from bridgeseg.cli import main
-from bridgeseg.inference import Segmenter, save_checkpoint
+from bridgeseg.data.mosaic import render_val_mosaics
 from bridgeseg.models import create_model
+from bridgeseg.predictor import Predictor
 
 CLASSES = ["sky", "grass", "cat"]
 
@@ -61,13 +63,13 @@ def header_only_png(width: int, height: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Segmenter:
-    return Segmenter.from_checkpoint(make_tiny_checkpoint(tmp_path_factory.mktemp("bridge") / "model"))
+def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    return Predictor.from_checkpoint(make_tiny_checkpoint(tmp_path_factory.mktemp("bridge") / "model"))
 
 
 @pytest.fixture(scope="module")
-def client(segmenter: Segmenter) -> Iterator[TestClient]:
-    with TestClient(create_app(segmenter, checkpoint="tiny")) as test_client:
+def client(predictor: Predictor) -> Iterator[TestClient]:
+    with TestClient(create_app(predictor, checkpoint="tiny")) as test_client:
         yield test_client
 
 
@@ -99,10 +101,17 @@ def test_info_and_examples(client: TestClient) -> None:
     assert info["method"] == "bridge"
     assert info["limits"]["max_upload_bytes"] == AppLimits().max_upload_bytes
     examples = client.get("/api/examples").json()["examples"]
-    assert "cat" in examples and "coins" in examples
-    photo = client.get("/api/examples/coins")
-    assert photo.status_code == 200 and photo.headers["content-type"] == "image/png"
-    assert Image.open(io.BytesIO(photo.content)).size == (384, 303)
+    # Held-out mosaics (where the demo model means something), then the open-vocabulary photo; each says so.
+    names = [example["name"] for example in examples]
+    assert names == ["mosaic-val-1", "mosaic-val-2", "mosaic-val-3", "mosaic-val-4", "photo-cat"]
+    assert all("held-out mosaic" in example["label"] and example["classes"] is None for example in examples[:4])
+    assert "open vocabulary" in examples[4]["label"] and examples[4]["classes"] == ["cat", "dog", "wall", "floor"]
+    mosaic = client.get("/api/examples/mosaic-val-3")
+    assert mosaic.status_code == 200 and mosaic.headers["content-type"] == "image/png"
+    expected, _ = render_val_mosaics(3)[2]  # the demo data's val_00002.png
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(mosaic.content))), expected)
+    photo = client.get("/api/examples/photo-cat")
+    assert photo.status_code == 200 and Image.open(io.BytesIO(photo.content)).size == (451, 300)
     missing = client.get("/api/examples/unicorn")
     assert missing.status_code == 404 and "valid examples" in missing.json()["error"]
 
@@ -126,10 +135,10 @@ def test_segment_uploaded_png(client: TestClient) -> None:
 
 
 def test_segment_example_photo_sliding_window(client: TestClient) -> None:
-    response = client.post("/api/segment", data={"example": "coins", "mode": "slide", "tta": "true"})
+    response = client.post("/api/segment", data={"example": "mosaic-val-1", "mode": "slide", "tta": "true"})
     assert response.status_code == 200, response.text
     result = response.json()
-    assert (result["width"], result["height"]) == (384, 303)
+    assert (result["width"], result["height"]) == (192, 192)
     assert result["mode"] == "slide" and result["tta"] is True
     assert result["classes"] == CLASSES  # no class field: the model's classes
 
@@ -142,8 +151,8 @@ def test_open_vocabulary_classes(client: TestClient) -> None:
 
 
 def test_closed_set_model_refuses_other_classes(tmp_path: Path) -> None:
-    segmenter = Segmenter.from_checkpoint(make_tiny_checkpoint(tmp_path / "fpn", method="fpn"))
-    with TestClient(create_app(segmenter)) as fpn_client:
+    predictor = Predictor.from_checkpoint(make_tiny_checkpoint(tmp_path / "fpn", method="fpn"))
+    with TestClient(create_app(predictor)) as fpn_client:
         assert fpn_client.get("/api/info").json()["open_vocabulary"] is False
         assert upload(fpn_client, png_bytes(), classes="sky, grass, cat").status_code == 200
         response = upload(fpn_client, png_bytes(), classes="sky, dog")
@@ -192,16 +201,16 @@ def test_decompression_bomb_is_refused(client: TestClient) -> None:
     assert "decompression bomb" in response.json()["error"]
 
 
-def test_pixel_limit(segmenter: Segmenter) -> None:
-    with TestClient(create_app(segmenter, AppLimits(max_pixels=1000))) as small_client:
+def test_pixel_limit(predictor: Predictor) -> None:
+    with TestClient(create_app(predictor, AppLimits(max_pixels=1000))) as small_client:
         response = upload(small_client, png_bytes(48, 40))
     assert response.status_code == 400
     assert "48×40 = 1920 pixels" in response.json()["error"]
 
 
-def test_oversize_upload(segmenter: Segmenter) -> None:
+def test_oversize_upload(predictor: Predictor) -> None:
     limits = AppLimits(max_upload_bytes=100_000)
-    with TestClient(create_app(segmenter, limits)) as small_client:
+    with TestClient(create_app(predictor, limits)) as small_client:
         response = upload(small_client, b"\0" * 200_000)
         assert response.status_code == 413
         assert "larger than" in response.json()["error"]
@@ -236,7 +245,7 @@ def test_large_upload_stays_in_memory(client: TestClient, monkeypatch: pytest.Mo
     [
         ({}, "no image"),
         ({"example": "unicorn"}, "unknown example"),
-        ({"example": "cat", "mode": "tiles"}, "unknown mode"),
+        ({"example": "photo-cat", "mode": "tiles"}, "unknown mode"),
     ],
 )
 def test_bad_requests(client: TestClient, fields: dict[str, str], message: str) -> None:
@@ -246,17 +255,17 @@ def test_bad_requests(client: TestClient, fields: dict[str, str], message: str) 
 
 
 def test_image_and_example_together(client: TestClient) -> None:
-    response = upload(client, png_bytes(), example="cat")
+    response = upload(client, png_bytes(), example="photo-cat")
     assert response.status_code == 400
     assert "not both" in response.json()["error"]
 
 
-class SlowSegmenter:
-    """A segmenter whose `predict` sets `started`, then holds the model until `release` is set."""
+class SlowPredictor:
+    """A predictor whose `predict` sets `started`, then holds the model until `release` is set."""
 
-    def __init__(self, segmenter: Segmenter) -> None:
-        self.model, self.classes, self.open_vocabulary = segmenter.model, segmenter.classes, segmenter.open_vocabulary
-        self._predict = segmenter.predict
+    def __init__(self, predictor: Predictor) -> None:
+        self.method, self.classes, self.open_vocabulary = predictor.method, predictor.classes, predictor.open_vocabulary
+        self._predict = predictor.predict
         self.started, self.release = threading.Event(), threading.Event()
 
     def predict(self, *args: object, **kwargs: object) -> object:
@@ -265,9 +274,9 @@ class SlowSegmenter:
         return self._predict(*args, **kwargs)
 
 
-def test_busy_model_turns_requests_away(segmenter: Segmenter) -> None:
+def test_busy_model_turns_requests_away(predictor: Predictor) -> None:
     """One request holds the model; with no waiting room the next one gets 503 at once."""
-    slow = SlowSegmenter(segmenter)
+    slow = SlowPredictor(predictor)
     started, release = slow.started, slow.release
     results: dict[str, int] = {}
     with TestClient(create_app(slow, AppLimits(max_waiting=0))) as busy_client:
@@ -290,8 +299,8 @@ def test_busy_model_turns_requests_away(segmenter: Segmenter) -> None:
         assert upload(busy_client, png_bytes()).status_code == 200
 
 
-def test_wait_timeout(segmenter: Segmenter) -> None:
-    slow = SlowSegmenter(segmenter)
+def test_wait_timeout(predictor: Predictor) -> None:
+    slow = SlowPredictor(predictor)
     started, release = slow.started, slow.release
     with TestClient(create_app(slow, AppLimits(max_waiting=1, wait_timeout_s=0.2))) as busy_client:
         first = threading.Thread(target=lambda: upload(busy_client, png_bytes()))
@@ -306,9 +315,9 @@ def test_wait_timeout(segmenter: Segmenter) -> None:
     assert "stayed busy" in second.json()["error"]
 
 
-def test_only_loopback_host_names_when_asked(segmenter: Segmenter) -> None:
+def test_only_loopback_host_names_when_asked(predictor: Predictor) -> None:
     """A loopback server answers only to loopback names (DNS rebinding)."""
-    app = create_app(segmenter, allowed_hosts=["127.0.0.1", "localhost"])
+    app = create_app(predictor, allowed_hosts=["127.0.0.1", "localhost"])
     with TestClient(app, base_url="http://127.0.0.1:7860") as local:
         assert local.get("/api/info").status_code == 200
     with TestClient(app, base_url="http://attacker.example") as remote:
@@ -320,7 +329,7 @@ def test_serve_without_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["serve", "--checkpoint", str(missing)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
-    assert str(missing) in error and "make demo" in error and "--checkpoint" in error
+    assert str(missing) in error and "bridgeseg demo" in error and "--checkpoint" in error
 
 
 def test_serve_without_app_extra(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bridgeseg.demo import DEMO_CONFIG, ensure_mosaic, run_demo
-from bridgeseg.engine.cli import run_lightning_cli
+from bridgeseg.engine.lightning import run_lightning_cli
 
 REPO = Path(__file__).resolve().parents[1]
 MOSAIC_CONFIGS = sorted((REPO / "configs" / "mosaic").glob("*.yaml"))

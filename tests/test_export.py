@@ -10,14 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bridgeseg.export import (
-    OnnxSegmenter,
-    check_parity,
-    export_command,
-    export_onnx,
-    read_metadata,
-)
+from bridgeseg.cli.export import run as export_command
 from bridgeseg.models import create_model
+from bridgeseg.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
+from bridgeseg.predictor import Predictor
 
 CLASSES = ["sky", "grass", "cat"]
 TEXT_DIM = 384
@@ -130,27 +126,27 @@ def test_fixed_export_with_new_classes_bakes_their_embeddings(tmp_path, monkeypa
     assert report.max_abs_diff <= MAX_ABS_DIFF, report
 
 
-def test_onnx_segmenter_matches_segmentor_predict(exported: dict) -> None:
+def test_onnx_predictor_matches_segmentor_predict(exported: dict) -> None:
     model, path = exported[("lseg", True)]
-    segmenter = OnnxSegmenter(path)
-    assert segmenter.classes == CLASSES and segmenter.open_vocabulary
+    predictor = Predictor.from_checkpoint(path)
+    assert predictor.classes == CLASSES and predictor.open_vocabulary
     image = torch.rand(3, 70, 100)  # not a multiple of 32: padded and cropped back
     for mode, tta in [("whole", False), ("slide", True)]:
-        prediction = segmenter.predict(image, mode=mode, tta=tta, crop_size=64, stride=40, return_probs=True)
+        prediction = predictor.predict(image, mode=mode, tta=tta, crop_size=64, stride=40, return_probs=True)
         labels, probs = model.predict(image, mode=mode, flip=tta, crop_size=64, stride=40, return_probs=True)
         assert prediction.labels.shape == (70, 100)
         assert prediction.classes == CLASSES
         np.testing.assert_allclose(prediction.probs, probs[0].numpy(), atol=1e-5)
         assert (prediction.labels == labels[0].numpy()).mean() >= MIN_ARGMAX_AGREEMENT
         if not tta:  # one view: the labels come from the logits, without probabilities
-            np.testing.assert_array_equal(segmenter.predict(image, mode=mode).labels, prediction.labels)
+            np.testing.assert_array_equal(predictor.predict(image, mode=mode).labels, prediction.labels)
     uint8_image = (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    assert segmenter.predict(uint8_image).labels.shape == (70, 100)
-    assert sum(segmenter.predict(image).areas().values()) == pytest.approx(1.0)
+    assert predictor.predict(uint8_image).labels.shape == (70, 100)
+    assert sum(predictor.predict(image).areas().values()) == pytest.approx(1.0)
 
 
-def test_onnx_segmenter_embeds_new_classes_with_the_metadata_text_encoder(exported: dict, monkeypatch) -> None:
-    import bridgeseg.models.text
+def test_onnx_predictor_embeds_new_classes_with_the_metadata_text_encoder(exported: dict, monkeypatch) -> None:
+    import bridgeseg.onnx
 
     model, path = exported[("bridge", True)]
     new_classes = ["dog", "tree", "road", "car", "boat"]
@@ -165,10 +161,10 @@ def test_onnx_segmenter_embeds_new_classes_with_the_metadata_text_encoder(export
         requested.append(spec)
         return FakeEncoder()
 
-    monkeypatch.setattr(bridgeseg.models.text, "create_text_encoder", fake_create_text_encoder)
-    segmenter = OnnxSegmenter(path)
+    monkeypatch.setattr(bridgeseg.onnx, "create_text_encoder", fake_create_text_encoder)
+    predictor = Predictor.from_checkpoint(path)
     image = torch.rand(3, 64, 96)
-    prediction = segmenter.predict(image, classes=new_classes, return_probs=True)
+    prediction = predictor.predict(image, classes=new_classes, return_probs=True)
     assert requested == [model.config.text_encoder]
     assert prediction.classes == new_classes and prediction.probs.shape == (len(new_classes), 64, 96)
     with torch.inference_mode():
@@ -176,18 +172,18 @@ def test_onnx_segmenter_embeds_new_classes_with_the_metadata_text_encoder(export
     np.testing.assert_allclose(prediction.probs, expected, atol=1e-5)
 
 
-def test_onnx_segmenter_rejects_new_classes_for_fixed_vocabulary(exported: dict) -> None:
-    segmenter = OnnxSegmenter(exported[("bridge", False)][1])
-    assert not segmenter.open_vocabulary
+def test_onnx_predictor_rejects_new_classes_for_fixed_vocabulary(exported: dict) -> None:
+    predictor = Predictor.from_checkpoint(exported[("bridge", False)][1])
+    assert not predictor.open_vocabulary
     with pytest.raises(ValueError, match="fixed vocabulary"):
-        segmenter.predict(np.zeros((32, 32, 3), np.uint8), classes=["dog"])
+        predictor.predict(np.zeros((32, 32, 3), np.uint8), classes=["dog"])
     with pytest.raises(ValueError, match="inference mode"):
-        segmenter.predict(np.zeros((32, 32, 3), np.uint8), mode="tiles")
+        predictor.predict(np.zeros((32, 32, 3), np.uint8), mode="tiles")
 
 
-def test_onnx_segmenter_rejects_foreign_files(tmp_path) -> None:
+def test_onnx_predictor_rejects_foreign_files(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="bridgeseg export"):
-        OnnxSegmenter(tmp_path / "missing.onnx")
+        OnnxBackend(tmp_path / "missing.onnx")
     import onnx
 
     graph = onnx.helper.make_graph(
@@ -198,7 +194,7 @@ def test_onnx_segmenter_rejects_foreign_files(tmp_path) -> None:
     )
     onnx.save(onnx.helper.make_model(graph), tmp_path / "plain.onnx")
     with pytest.raises(ValueError, match="no bridgeseg metadata"):
-        OnnxSegmenter(tmp_path / "plain.onnx")
+        OnnxBackend(tmp_path / "plain.onnx")
 
 
 def _args(**values: object) -> argparse.Namespace:
@@ -215,18 +211,18 @@ def _args(**values: object) -> argparse.Namespace:
 
 
 def test_export_command(exported: dict, tmp_path, monkeypatch, capsys) -> None:
-    from bridgeseg import inference
-    from bridgeseg.cli import UserError
+    from bridgeseg.cli import export
+    from bridgeseg.errors import UserError
 
     model = exported[("lseg", True)][0]
-    monkeypatch.setattr(inference, "load_segmentor", lambda path, device="cpu": model)
+    monkeypatch.setattr(export, "load_model", lambda path, device="cpu": model)
     assert export_command(_args(onnx=str(tmp_path / "m.onnx"), open_vocab=True)) == 0
     output = capsys.readouterr().out
     assert "m.onnx" in output and "argmax agreement 100.000 %" in output
     assert json.loads(json.dumps(read_metadata(tmp_path / "m.onnx")["classes"])) == CLASSES
 
     fpn = exported[("fpn", False)][0]
-    monkeypatch.setattr(inference, "load_segmentor", lambda path, device="cpu": fpn)
+    monkeypatch.setattr(export, "load_model", lambda path, device="cpu": fpn)
     with pytest.raises(UserError, match="closed-set"):
         export_command(_args(onnx=str(tmp_path / "f.onnx"), open_vocab=True))
     with pytest.raises(ValueError, match="closed-set"):
@@ -236,10 +232,10 @@ def test_export_command(exported: dict, tmp_path, monkeypatch, capsys) -> None:
 def test_cli_export_then_predict_with_onnx_runtime(exported: dict, tmp_path, capsys) -> None:
     from PIL import Image
 
-    from bridgeseg import inference
+    from bridgeseg.checkpoints import save_checkpoint
     from bridgeseg.cli import main
 
-    checkpoint = inference.save_checkpoint(exported[("bridge", True)][0], tmp_path / "model")
+    checkpoint = save_checkpoint(exported[("bridge", True)][0], tmp_path / "model")
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(checkpoint), "--onnx", str(onnx_path), "--open-vocab"]) == 0
     assert "parity with PyTorch" in capsys.readouterr().out
@@ -265,7 +261,7 @@ def test_cli_export_then_predict_with_onnx_runtime(exported: dict, tmp_path, cap
     ],
 )
 def test_export_command_argument_errors(values: dict, message: str) -> None:
-    from bridgeseg.cli import UserError
+    from bridgeseg.errors import UserError
 
     with pytest.raises(UserError, match=message):
         export_command(_args(**values))

@@ -1,4 +1,4 @@
-"""Checkpoints (safe loading, round trips), the Segmenter API on every image type, and the visualisation."""
+"""Checkpoints (safe loading, round trips), the Predictor API on every image type, and the visualisation."""
 
 from __future__ import annotations
 
@@ -12,29 +12,29 @@ import pytest
 import torch
 from PIL import Image
 
-from bridgeseg.inference import (
+from bridgeseg.checkpoints import (
     CONFIG_NAME,
     FORMAT_VERSION,
     WEIGHTS_NAME,
     CheckpointError,
-    Segmenter,
     convert_checkpoint,
-    image_to_tensor,
-    load_segmentor,
+    load_model,
     save_checkpoint,
 )
-from bridgeseg.models import Segmentor, create_model
+from bridgeseg.images import to_tensor
+from bridgeseg.models import SegmentationModel, create_model
+from bridgeseg.predictor import Predictor
 from bridgeseg.visualize import colorize, overlay, palette
 from tests.conftest import CLASSES
 
 TINY = dict(backbone="test_resnet", fusion_dim=32, decoder_channels=16)
 
 
-def tiny(method: str = "bridge", class_embeddings: torch.Tensor | None = None, **options) -> Segmentor:
+def tiny(method: str = "bridge", class_embeddings: torch.Tensor | None = None, **options) -> SegmentationModel:
     return create_model(method, class_embeddings=class_embeddings, **(TINY | {"classes": CLASSES} | options)).eval()
 
 
-def logits(model: Segmentor, images: torch.Tensor) -> torch.Tensor:
+def logits(model: SegmentationModel, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(images)
 
@@ -46,8 +46,8 @@ def open_vocab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def open_vocab(open_vocab_dir: Path) -> Segmenter:
-    return Segmenter.from_checkpoint(open_vocab_dir)
+def open_vocab(open_vocab_dir: Path) -> Predictor:
+    return Predictor.from_checkpoint(open_vocab_dir)
 
 
 # -- checkpoints --------------------------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def test_round_trip_gives_identical_logits(method: str, class_embeddings: torch.
     images = torch.rand(2, 3, 64, 96)
     expected = logits(model, images)
     for path in (tmp_path / "model", tmp_path / "model" / WEIGHTS_NAME, tmp_path / "model" / CONFIG_NAME):
-        loaded = load_segmentor(path)
+        loaded = load_model(path)
         assert type(loaded) is type(model) and loaded.classes == CLASSES and not loaded.training
         assert torch.equal(logits(loaded, images), expected), path
 
@@ -93,15 +93,15 @@ def test_weights_file_alone_and_interrupted_save(class_embeddings: torch.Tensor,
     # The weights file keeps a copy of the config: it loads on its own.
     alone = tmp_path / "alone.safetensors"
     alone.write_bytes((tmp_path / "new" / WEIGHTS_NAME).read_bytes())
-    assert torch.equal(logits(load_segmentor(alone), images), logits(new, images))
+    assert torch.equal(logits(load_model(alone), images), logits(new, images))
 
     # New weights beside an old config.json (a save killed between the two files): the weights' config wins.
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     (mixed / WEIGHTS_NAME).write_bytes((tmp_path / "new" / WEIGHTS_NAME).read_bytes())
     (mixed / CONFIG_NAME).write_bytes((tmp_path / "old" / CONFIG_NAME).read_bytes())
-    with caplog.at_level(logging.WARNING, logger="bridgeseg.inference"):
-        loaded = load_segmentor(mixed)
+    with caplog.at_level(logging.WARNING, logger="bridgeseg.checkpoints"):
+        loaded = load_model(mixed)
     assert loaded.config.fusion_blocks == 1 and "different saves" in caplog.text
 
 
@@ -125,15 +125,15 @@ def test_lightning_checkpoint_loads_and_converts(tmp_path: Path) -> None:
     images = torch.rand(1, 3, 64, 64)
     expected = logits(module.model, images)
 
-    loaded = load_segmentor(ckpt)
+    loaded = load_model(ckpt)
     assert loaded.classes == CLASSES and loaded.text_encoder is None  # embeddings come from the checkpoint
     assert torch.equal(logits(loaded, images), expected)
 
     out = convert_checkpoint(ckpt, tmp_path / "model")
-    assert torch.equal(logits(load_segmentor(out), images), expected)
+    assert torch.equal(logits(load_model(out), images), expected)
 
     with pytest.raises(CheckpointError, match="holds a 'bridge' model, expected 'lseg'"):
-        load_segmentor(ckpt, method="lseg")
+        load_model(ckpt, method="lseg")
 
 
 class _TouchesAFile:
@@ -156,7 +156,7 @@ def test_malicious_pickle_is_refused_without_running(container: str, tmp_path: P
     else:
         checkpoint.write_bytes(pickle.dumps(payload, protocol=2))
     with pytest.raises(CheckpointError, match="not a safe checkpoint") as error:
-        load_segmentor(checkpoint)
+        load_model(checkpoint)
     assert "\n" not in str(error.value)
     assert not marker.exists()
 
@@ -192,19 +192,19 @@ def test_broken_checkpoints_give_one_line_errors(class_embeddings: torch.Tensor,
     }
     for name, message in cases.items():
         with pytest.raises(CheckpointError, match=message) as error:
-            load_segmentor(tmp_path / name)
+            load_model(tmp_path / name)
         assert "\n" not in str(error.value) and str(tmp_path / name) in str(error.value), name
 
 
-# -- Segmenter ----------------------------------------------------------------------------------------------------
+# -- Predictor ----------------------------------------------------------------------------------------------------
 
 
 def test_predict_accepts_every_image_type_at_any_size(class_embeddings: torch.Tensor, tmp_path: Path) -> None:
-    segmenter = Segmenter(tiny("bridge", class_embeddings))
+    predictor = Predictor(tiny("bridge", class_embeddings))
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (45, 67, 3), dtype=np.uint8)  # sizes not divisible by 32
     Image.fromarray(rgb).save(tmp_path / "image.png")
-    reference = segmenter.predict(rgb).labels
+    reference = predictor.predict(rgb).labels
     assert reference.shape == (45, 67) and np.issubdtype(reference.dtype, np.integer)
 
     same_pixels = {
@@ -217,7 +217,7 @@ def test_predict_accepts_every_image_type_at_any_size(class_embeddings: torch.Te
         "batched tensor": torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0,
     }
     for name, image in same_pixels.items():
-        np.testing.assert_array_equal(segmenter.predict(image).labels, reference, err_msg=name)
+        np.testing.assert_array_equal(predictor.predict(image).labels, reference, err_msg=name)
 
     grey = rng.integers(0, 256, (33, 50), dtype=np.uint8)
     grey16 = rng.integers(0, 65536, (33, 50), dtype=np.uint16)
@@ -230,14 +230,14 @@ def test_predict_accepts_every_image_type_at_any_size(class_embeddings: torch.Te
         "uint16 RGB": np.repeat(grey16[..., None], 3, axis=-1),
     }
     for name, image in others.items():
-        assert segmenter.predict(image).labels.shape == (33, 50), name
-    np.testing.assert_array_equal(segmenter.predict(grey16).labels, segmenter.predict(Image.fromarray(grey16)).labels)
+        assert predictor.predict(image).labels.shape == (33, 50), name
+    np.testing.assert_array_equal(predictor.predict(grey16).labels, predictor.predict(Image.fromarray(grey16)).labels)
 
 
 def test_predict_options_probabilities_and_areas(class_embeddings: torch.Tensor) -> None:
-    segmenter = Segmenter(tiny("bridge", class_embeddings))
+    predictor = Predictor(tiny("bridge", class_embeddings))
     image = torch.rand(3, 70, 90)
-    prediction = segmenter.predict(image, return_probs=True)
+    prediction = predictor.predict(image, return_probs=True)
     assert prediction.classes == CLASSES and prediction.probs.dtype == np.float32
     assert prediction.probs.shape == (3, 70, 90)
     np.testing.assert_allclose(prediction.probs.sum(0), 1.0, atol=1e-5)
@@ -246,8 +246,8 @@ def test_predict_options_probabilities_and_areas(class_embeddings: torch.Tensor)
     assert set(areas) <= set(CLASSES) and all(v > 0 for v in areas.values())
     assert sum(areas.values()) == pytest.approx(1.0)
     assert list(areas.values()) == sorted(areas.values(), reverse=True)
-    assert segmenter.predict(image).probs is None
-    slid = segmenter.predict(image, mode="slide", crop_size=64, stride=32, tta=True)
+    assert predictor.predict(image).probs is None
+    slid = predictor.predict(image, mode="slide", crop_size=64, stride=32, tta=True)
     assert slid.labels.shape == (70, 90)
 
 
@@ -265,10 +265,10 @@ def test_predict_options_probabilities_and_areas(class_embeddings: torch.Tensor)
 )
 def test_bad_images_are_rejected_with_a_hint(image, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
-        image_to_tensor(image)
+        to_tensor(image)
 
 
-def test_open_vocabulary_takes_new_classes(open_vocab: Segmenter) -> None:
+def test_open_vocabulary_takes_new_classes(open_vocab: Predictor) -> None:
     assert open_vocab.open_vocabulary and open_vocab.classes == CLASSES
     image = torch.rand(3, 64, 64)
     own = open_vocab.predict(image, return_probs=True)
@@ -283,11 +283,11 @@ def test_open_vocabulary_takes_new_classes(open_vocab: Segmenter) -> None:
 
 @pytest.mark.parametrize("method", ["denseclip", "fpn"])
 def test_closed_set_models_refuse_other_classes(method: str, class_embeddings: torch.Tensor) -> None:
-    segmenter = Segmenter(tiny(method, class_embeddings))
-    assert not segmenter.open_vocabulary
-    assert segmenter.predict(torch.rand(3, 40, 40), classes=CLASSES).labels.shape == (40, 40)
+    predictor = Predictor(tiny(method, class_embeddings))
+    assert not predictor.open_vocabulary
+    assert predictor.predict(torch.rand(3, 40, 40), classes=CLASSES).labels.shape == (40, 40)
     with pytest.raises(ValueError, match="closed-set"):
-        segmenter.predict(torch.rand(3, 40, 40), classes=["dog", "car"])
+        predictor.predict(torch.rand(3, 40, 40), classes=["dog", "car"])
 
 
 def test_unavailable_text_encoder_keeps_own_classes_working(
@@ -303,18 +303,18 @@ def test_unavailable_text_encoder_keeps_own_classes_working(
 
     monkeypatch.setattr(segmentor_module, "create_text_encoder", offline)
     model = tiny("bridge", class_embeddings, text_encoder="openclip:ViT-B-16:openai")
-    segmenter = Segmenter.from_checkpoint(save_checkpoint(model, tmp_path))
-    assert segmenter.predict(torch.rand(3, 40, 40)).labels.shape == (40, 40)
+    predictor = Predictor.from_checkpoint(save_checkpoint(model, tmp_path))
+    assert predictor.predict(torch.rand(3, 40, 40)).labels.shape == (40, 40)
     for _ in range(2):
         with pytest.raises(ValueError, match=r"openclip:ViT-B-16:openai' is unavailable.*own classes still work"):
-            segmenter.predict(torch.rand(3, 40, 40), classes=["dog", "car"])
+            predictor.predict(torch.rand(3, 40, 40), classes=["dog", "car"])
     assert len(attempts) == 1  # not retried for every image
 
 
-def test_hub_mixin_saves_and_loads_offline(open_vocab: Segmenter, tmp_path: Path) -> None:
+def test_hub_mixin_saves_and_loads_offline(open_vocab: Predictor, tmp_path: Path) -> None:
     open_vocab.save_pretrained(tmp_path / "hub")
     assert {CONFIG_NAME, WEIGHTS_NAME} <= {p.name for p in (tmp_path / "hub").iterdir()}
-    loaded = Segmenter.from_pretrained(tmp_path / "hub")
+    loaded = Predictor.from_pretrained(tmp_path / "hub")
     image = torch.rand(1, 3, 64, 64)
     assert torch.equal(logits(loaded.model, image), logits(open_vocab.model, image))
 

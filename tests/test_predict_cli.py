@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from bridgeseg.checkpoints import save_checkpoint
 from bridgeseg.cli import main
-from bridgeseg.inference import _output_stems, save_checkpoint
+from bridgeseg.cli.predict import _output_stems
 from bridgeseg.models import create_model
 from tests.conftest import CLASSES
 
@@ -71,7 +72,7 @@ def test_all_good_exits_0_and_open_vocabulary_classes(tmp_path: Path, capsys) ->
     model = create_model("lseg", classes=CLASSES, text_encoder="minilm", **TINY)
     checkpoint = save_checkpoint(model, tmp_path / "model")
     image = write_image(tmp_path / "street.png")
-    assert predict(checkpoint, tmp_path / "out", image, options=("--classes", "sky, road,car,")) == 0
+    assert predict(checkpoint, tmp_path / "out", image, options=("--classes", " sky, road,car ")) == 0
     summary = json.loads((tmp_path / "out" / "street.json").read_text())
     assert summary["label_names"] == ["sky", "road", "car"]
     assert set(summary["classes"]) <= {"sky", "road", "car"}
@@ -125,6 +126,8 @@ def test_user_errors_are_one_line_with_exit_code_2(checkpoint: Path, tmp_path: P
         (checkpoint, [tmp_path / "empty_dir"], (), "no image in this folder"),
         (checkpoint, [image, tmp_path / "typo.png"], (), "typo.png: no such file"),
         (checkpoint, [image], ("--classes", "sky,sky"), "duplicate"),
+        # The command line and the web app read class lists alike: a doubled or trailing comma is refused.
+        (checkpoint, [image], ("--classes", "sky,road,"), "class name 3 of 3 is blank"),
     ]
     (tmp_path / "empty_dir").mkdir()
     for ckpt, inputs, options, message in cases:

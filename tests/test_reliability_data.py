@@ -95,7 +95,7 @@ def test_decompression_bomb_is_refused_with_a_clear_message(tmp_path: Path) -> N
 def test_pil_pixel_limit_is_never_disabled() -> None:
     import bridgeseg.cli
     import bridgeseg.data.datasets
-    import bridgeseg.engine.cli  # noqa: F401
+    import bridgeseg.engine.lightning  # noqa: F401
 
     assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS >= 80_000_000
     offenders = [

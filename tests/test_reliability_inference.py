@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
+from bridgeseg.checkpoints import save_checkpoint
 from bridgeseg.cli import main
-from bridgeseg.inference import save_checkpoint
 from bridgeseg.models import create_model
 from tests.conftest import CLASSES
 

@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from bridgeseg.cli import main
-from bridgeseg.engine.cli import LastCheckpoint
+from bridgeseg.engine.lightning import LastCheckpoint
 from bridgeseg.engine.module import SegmentationModule
-from bridgeseg.models import Segmentor
+from bridgeseg.models import SegmentationModel
 from tests.engine.helpers import fit_args, load_checkpoint, make_folder_dataset, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,15 +99,22 @@ def test_padding_adds_no_loss_and_keeps_the_crop() -> None:
     module = SegmentationModule(
         net={"method": "fpn", "backbone": "test_resnet", "decoder_channels": 16}, classes=["a", "b"], warmup_iters=1
     )
+    model = module.model
     images, masks = torch.rand(2, 3, 50, 40), torch.randint(0, 2, (2, 50, 40))
-    padded = module._pad_to_stride({"image": images, "mask": masks})
-    assert padded["image"].shape == (2, 3, 64, 64) and padded["mask"].shape == (2, 64, 64)
-    assert torch.equal(padded["image"][..., :50, :40], images) and torch.equal(padded["mask"][..., :50, :40], masks)
-    assert (padded["mask"][..., 50:, :] == 255).all() and (padded["mask"][..., :, 40:] == 255).all()
-    # The padding has the mean colour: zero once normalised, as `Segmentor.predict` pads.
-    assert module.model.normalize(padded["image"])[..., 50:, :].abs().max() < 1e-6
-    same = {"image": torch.rand(1, 3, 64, 96), "mask": torch.zeros(1, 64, 96, dtype=torch.long)}
-    assert module._pad_to_stride(same) is same
+    padded_images, padded_masks = model.pad(images, masks)
+    assert padded_images.shape == (2, 3, 64, 64) and padded_masks.shape == (2, 64, 64)
+    assert torch.equal(padded_images[..., :50, :40], images) and torch.equal(padded_masks[..., :50, :40], masks)
+    assert (padded_masks[..., 50:, :] == 255).all() and (padded_masks[..., :, 40:] == 255).all()
+    # The padding has the mean colour: exactly zero once normalised, the rule `predict` pads by too.
+    assert model.normalize(padded_images)[..., 50:, :].abs().max() == 0
+    same_images, same_masks = torch.rand(1, 3, 64, 96), torch.zeros(1, 64, 96, dtype=torch.long)
+    assert model.pad(same_images, same_masks) == (same_images, same_masks)
+    # `loss` pads by the rule itself: a crop of 50 x 40 gives the loss of its padded version.
+    model.eval()  # batch statistics aside, the two calls see the same padded batch
+    with torch.no_grad():
+        direct = model.loss({"image": images, "mask": masks})["loss"]
+        padded = model.loss({"image": padded_images, "mask": padded_masks})["loss"]
+    assert torch.equal(direct, padded)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -118,17 +125,17 @@ def test_padding_adds_no_loss_and_keeps_the_crop() -> None:
 def test_nan_loss_stops_with_the_iteration_and_the_last_good_checkpoint(
     data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_loss = Segmentor.loss
+    real_loss = SegmentationModel.loss
     calls = {"count": 0}
 
-    def loss_going_nan(self: Segmentor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def loss_going_nan(self: SegmentationModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         losses = real_loss(self, batch)
         calls["count"] += 1
         if calls["count"] == 4:  # the fourth training step: iteration 3
             losses["loss"] = losses["loss"] * float("nan")
         return losses
 
-    monkeypatch.setattr(Segmentor, "loss", loss_going_nan)
+    monkeypatch.setattr(SegmentationModel, "loss", loss_going_nan)
     run = tmp_path / "run"
     code, error = run_cli(capsys, "fit", *fit_args(data_root, run, max_steps=8), "--last_checkpoint.every_n_steps", "2")
     assert code == 2

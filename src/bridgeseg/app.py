@@ -1,11 +1,12 @@
-"""`bridgeseg serve`: a local web page to try a model on an uploaded or bundled photo.
+"""The web app behind `bridgeseg serve`: a local page to try a model on an uploaded image or an example.
 
 One FastAPI app serves a small self-written page (``app_static/``: HTML, CSS and vanilla JS, nothing fetched
 from elsewhere, so it works without a network) and a JSON API:
 
 - ``GET /api/info``: the model's method, classes, whether it is open-vocabulary, and the server's limits;
-- ``GET /api/examples``: the bundled example photos (the mosaic source photos); ``GET /api/examples/{name}``
-  one of them as PNG;
+- ``GET /api/examples``: the examples, each with a label saying what it is: held-out mosaic images (the val
+  split the demo model never trained on, where its output is meaningful) and one whole photo with an
+  open-vocabulary class list; ``GET /api/examples/{name}`` one of them as PNG;
 - ``POST /api/segment``: multipart form with ``image`` (a file) or ``example`` (a name), ``classes``
   (comma-separated; default: the model's), ``mode`` (``whole`` or ``slide``) and ``tta`` (``true``/``false``);
   answers the overlay as a PNG data URL, the share of each class and the model time in ms.
@@ -14,43 +15,43 @@ Uploads are parsed in memory, never written to disk, and checked at the boundary
 bombs and pixel count, non-images, class lists (400). The model runs one request at a time; a few requests may
 wait for it, more are turned away with 503 rather than queued without bound.
 
+Images are decoded by `bridgeseg.images`, class lists parsed by `bridgeseg.vocabulary`, as everywhere else.
+
 Example:
-    >>> from bridgeseg.inference import Segmenter
-    >>> app = create_app(Segmenter.from_checkpoint("outputs/demo/model"))  # doctest: +SKIP
+    >>> from bridgeseg import Predictor
+    >>> app = create_app(Predictor.from_checkpoint("outputs/demo/model"))  # doctest: +SKIP
     >>> # uvicorn.run(app, host="127.0.0.1", port=7860)
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route functions' annotations (`request: Request`) at
 # definition time, and `Request` is imported inside `create_app` so that the module imports without the `app` extra.
-import argparse
 import base64
 import dataclasses
+import functools
 import io
-import ipaddress
 import logging
-import socket
 import time
 import urllib.parse
 from collections.abc import Sequence
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from bridgeseg import images, vocabulary
+from bridgeseg.demo import DEMO_DATA, OPEN_VOCABULARY_EXAMPLE
+from bridgeseg.errors import ImageError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from torch import Tensor
 
-    from bridgeseg.inference import Segmenter
+    from bridgeseg.predictor import Predictor
 
-__all__ = ["AppLimits", "ClientError", "create_app", "parse_class_list", "read_image", "serve_command"]
+__all__ = ["EXAMPLES", "AppLimits", "ClientError", "Example", "create_app", "parse_class_list", "read_image"]
 
 logger = logging.getLogger(__name__)
-
-INSTALL_HINT = "pip install 'bridgeseg[app]'"
-DEMO_CHECKPOINT = "outputs/demo/model"
 # Formats a browser can upload and PIL decodes safely; anything else is "not an image" here.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 _STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "app.css": "text/css"}
@@ -60,8 +61,6 @@ _CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-MAX_CONNECTIONS = 32
-_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 _FORM_OVERHEAD_BYTES = 64 * 1024  # room for the form's text fields and part headers beside the image
 
 
@@ -109,7 +108,7 @@ class ClientError(Exception):
 
 
 def parse_class_list(text: str | None, default: Sequence[str], limits: AppLimits = AppLimits()) -> list[str]:
-    """Split a comma-separated class list and check it.
+    """Split a comma-separated class list and check it (`bridgeseg.vocabulary.parse_class_list`).
 
     Args:
         text: E.g. ``"sky, road, car"``; None (the field was not sent) gives `default`.
@@ -123,36 +122,18 @@ def parse_class_list(text: str | None, default: Sequence[str], limits: AppLimits
         ClientError: 400 when the list is empty, a name is blank (a doubled or trailing comma), repeated or too
             long, or there are too many.
     """
-    from bridgeseg.models import validate_class_names
-
-    if text is None:
-        return list(default)
-    if not text.strip():
-        own = ", ".join(default[:8]) + (", ..." if len(default) > 8 else "")
-        raise ClientError(400, f"the class list is empty; give at least one class name (the model's: {own})")
-    names = [name.strip() for name in text.split(",")]
-    blank = [position for position, name in enumerate(names, start=1) if not name]
-    if blank:
-        raise ClientError(
-            400,
-            f"class name{'s' if len(blank) > 1 else ''} {', '.join(map(str, blank))} of {len(names)} "
-            f"{'are' if len(blank) > 1 else 'is'} blank; remove the doubled or trailing comma",
-        )
-    if len(names) > limits.max_classes:
-        raise ClientError(400, f"{len(names)} class names; give at most {limits.max_classes}")
-    long_names = [name for name in names if len(name) > limits.max_class_name_length]
-    if long_names:
-        raise ClientError(
-            400, f"class name {long_names[0][:40]!r}... is longer than {limits.max_class_name_length} characters"
-        )
     try:
-        return validate_class_names(names)
+        names = vocabulary.parse_class_list(text, limits.max_classes, limits.max_class_name_length)
     except ValueError as error:
-        raise ClientError(400, str(error)) from error
+        message = str(error)
+        if text is not None and not text.strip():
+            message += f" (the model's: {vocabulary.describe_classes(default, 8)})"
+        raise ClientError(400, message) from error
+    return list(default) if names is None else names
 
 
 def read_image(data: bytes, limits: AppLimits = AppLimits()) -> "Tensor":
-    """Decode an uploaded image in memory, EXIF orientation applied.
+    """Decode an uploaded image in memory (`bridgeseg.images.decode_bytes`), EXIF orientation applied.
 
     Args:
         data: The file's bytes.
@@ -165,39 +146,10 @@ def read_image(data: bytes, limits: AppLimits = AppLimits()) -> "Tensor":
         ClientError: 400 when the bytes are not an image of a supported format, the image is corrupt, or it has
             more pixels than `limits.max_pixels` or PIL's decompression-bomb limit.
     """
-    from bridgeseg.inference import image_to_tensor
-
-    if not data:
-        raise ClientError(400, "the uploaded file is empty; choose an image file")
     try:
-        # Only the header is read here; the size check below runs before any pixel is decoded.
-        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except Image.DecompressionBombError as error:
-        raise ClientError(400, f"refused: possible decompression bomb ({error})") from error
-    except UnidentifiedImageError as error:
-        raise ClientError(400, f"not an image: upload a {', '.join(IMAGE_FORMATS)} file") from error
-    with image:
-        width, height = image.size
-        pil_limit = Image.MAX_IMAGE_PIXELS
-        if pil_limit is not None and width * height > pil_limit:
-            raise ClientError(
-                400,
-                f"refused: possible decompression bomb ({width}×{height} = {width * height} pixels, over PIL's "
-                f"limit of {pil_limit}); downscale the image",
-            )
-        if width * height > limits.max_pixels:
-            raise ClientError(
-                400,
-                f"the image is {width}×{height} = {width * height} pixels; this server takes at most "
-                f"{limits.max_pixels}; downscale it",
-            )
-        try:
-            image.load()
-            oriented = ImageOps.exif_transpose(image)
-            return image_to_tensor(oriented)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            # PIL reports truncated and corrupt data as OSError, some plugins as SyntaxError or ValueError.
-            raise ClientError(400, f"the image could not be decoded ({error}); is the file complete?") from error
+        return images.decode_bytes(data, IMAGE_FORMATS, limits.max_pixels)
+    except ImageError as error:
+        raise ClientError(400, str(error)) from error
 
 
 def _png_data_url(image: Image.Image) -> str:
@@ -210,25 +162,63 @@ def _hex_colour(rgb: np.ndarray) -> str:
     return "#" + "".join(f"{int(channel):02x}" for channel in rgb)
 
 
-def _example_names() -> list[str]:
-    from bridgeseg.data.mosaic import MOSAIC_SOURCES
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """An example image the page offers.
 
-    return list(MOSAIC_SOURCES)
+    Attributes:
+        name: Its id in the API.
+        label: What it is, shown in the list.
+        classes: The class list to try it with (None: the model's own).
+    """
+
+    name: str
+    label: str
+    classes: tuple[str, ...] | None = None
 
 
-def _check_example(name: str, status_code: int = 400) -> None:
-    names = _example_names()
-    if name not in names:
-        raise ClientError(status_code, f"unknown example {name!r}; valid examples: {', '.join(names)}")
+_NUM_MOSAIC_EXAMPLES = 4
+_OPEN_PHOTO, _OPEN_CLASSES = OPEN_VOCABULARY_EXAMPLE
+EXAMPLES: tuple[Example, ...] = (
+    *(
+        Example(f"mosaic-val-{index + 1}", f"held-out mosaic {index + 1} (val split, the demo model's domain)")
+        for index in range(_NUM_MOSAIC_EXAMPLES)
+    ),
+    Example(
+        f"photo-{_OPEN_PHOTO}",
+        f"whole {_OPEN_PHOTO} photo, open vocabulary ({', '.join(_OPEN_CLASSES)}; not trained on whole photos)",
+        tuple(_OPEN_CLASSES),
+    ),
+)
+_EXAMPLES_BY_NAME = {example.name: example for example in EXAMPLES}
+
+
+def _check_example(name: str, status_code: int = 400) -> Example:
+    if name not in _EXAMPLES_BY_NAME:
+        raise ClientError(status_code, f"unknown example {name!r}; valid examples: {', '.join(_EXAMPLES_BY_NAME)}")
+    return _EXAMPLES_BY_NAME[name]
+
+
+@functools.lru_cache(maxsize=1)
+def _mosaic_examples() -> list[np.ndarray]:
+    """The first val mosaics of the demo's data, rendered in memory once (a few seconds)."""
+    from bridgeseg.data.mosaic import render_val_mosaics
+
+    return [
+        image for image, _ in render_val_mosaics(_NUM_MOSAIC_EXAMPLES, size=DEMO_DATA["size"], seed=DEMO_DATA["seed"])
+    ]
 
 
 def _example_image(name: str, status_code: int = 400) -> np.ndarray:
     from bridgeseg.data.mosaic import load_source_photo
 
     _check_example(name, status_code)
-    return load_source_photo(name)
+    if name.startswith("mosaic-val-"):
+        return _mosaic_examples()[int(name.rsplit("-", 1)[1]) - 1]
+    return load_source_photo(_OPEN_PHOTO)
 
 
+@functools.lru_cache(maxsize=len(EXAMPLES))
 def _example_png(name: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(_example_image(name, status_code=404)).save(buffer, format="PNG")
@@ -249,19 +239,18 @@ class _SegmentRequest:
     tta: bool
 
 
-def _segment(segmenter: "Segmenter", request: _SegmentRequest, limits: AppLimits) -> dict[str, Any]:
+def _segment(predictor: "Predictor", request: _SegmentRequest, limits: AppLimits) -> dict[str, Any]:
     """Decode, segment and draw one request; runs in a worker thread while holding the model lock."""
-    from bridgeseg.inference import image_to_tensor
     from bridgeseg.visualize import overlay, palette
 
     started = time.perf_counter()
     if request.image_bytes is not None:
         image = read_image(request.image_bytes, limits)
     else:
-        image = image_to_tensor(_example_image(request.example or ""))
+        image = images.to_tensor(_example_image(request.example or ""))
     try:
         model_started = time.perf_counter()
-        prediction = segmenter.predict(image, classes=request.classes, mode=request.mode, tta=request.tta)
+        prediction = predictor.predict(image, classes=request.classes, mode=request.mode, tta=request.tta)
         model_ms = 1000.0 * (time.perf_counter() - model_started)
     except ValueError as error:  # a closed-set model given other names, an unavailable text encoder, ...
         raise ClientError(400, str(error)) from error
@@ -360,7 +349,7 @@ def _parse_form(body: bytes, content_type: str, limits: AppLimits) -> tuple[dict
 
 
 def create_app(
-    segmenter: "Segmenter",
+    predictor: "Predictor",
     limits: AppLimits = AppLimits(),
     checkpoint: str = "",
     allowed_hosts: Sequence[str] | None = None,
@@ -368,7 +357,7 @@ def create_app(
     """Build the web app around a loaded model.
 
     Args:
-        segmenter: The model; it serves one request at a time.
+        predictor: The model; it serves one request at a time.
         limits: Upload, image, class list and queue limits.
         checkpoint: Where the model came from, shown on the page.
         allowed_hosts: Host names the server answers to (guards a loopback server against DNS rebinding);
@@ -391,10 +380,10 @@ def create_app(
     # Requests holding or waiting for the model; only the event loop's thread touches it.
     pending = {"count": 0}
     info = {
-        "method": segmenter.model.method,
+        "method": predictor.method,
         "checkpoint": checkpoint,
-        "classes": segmenter.classes,
-        "open_vocabulary": bool(segmenter.open_vocabulary),
+        "classes": predictor.classes,
+        "open_vocabulary": bool(predictor.open_vocabulary),
         "modes": ["whole", "slide"],
         "limits": dataclasses.asdict(limits),
     }
@@ -427,8 +416,8 @@ def create_app(
         return info
 
     @app.get("/api/examples")
-    async def list_examples() -> dict[str, list[str]]:
-        return {"examples": _example_names()}
+    async def list_examples() -> dict[str, list[dict[str, Any]]]:
+        return {"examples": [dataclasses.asdict(example) for example in EXAMPLES]}
 
     @app.get("/api/examples/{name}")
     async def get_example(name: str) -> Response:
@@ -458,7 +447,7 @@ def create_app(
         job = _SegmentRequest(
             image_bytes=image_bytes,
             example=example,
-            classes=parse_class_list(fields.get("classes"), segmenter.classes, limits),
+            classes=parse_class_list(fields.get("classes"), predictor.classes, limits),
             mode=mode,
             tta=fields.get("tta", "").strip().lower() in ("1", "true", "on", "yes"),
         )
@@ -473,7 +462,7 @@ def create_app(
                     503, f"the model stayed busy for {limits.wait_timeout_s:.0f} s; try again later"
                 ) from error
             try:
-                return await anyio.to_thread.run_sync(_segment, segmenter, job, limits)
+                return await anyio.to_thread.run_sync(_segment, predictor, job, limits)
             finally:
                 model_lock.release()
         finally:
@@ -498,87 +487,3 @@ async def _read_body(request: Any, cap: int, limits: AppLimits) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# bridgeseg serve
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_port_free(host: str, port: int) -> None:
-    from bridgeseg.cli import UserError
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host.strip("[]"), port))
-        except OSError as error:
-            raise UserError(f"cannot listen on {host}:{port} ({error.strerror}); pass another --port") from error
-
-
-def serve_command(args: argparse.Namespace) -> int:
-    """Run `bridgeseg serve`: load the checkpoint and serve the page until Ctrl+C.
-
-    Args:
-        args: The parsed `serve` arguments: `checkpoint`, `host`, `port`.
-
-    Returns:
-        0 after a clean shutdown.
-
-    Raises:
-        UserError: The `app` extra is not installed, the checkpoint does not exist, or the port is taken.
-        CheckpointError: The checkpoint cannot be loaded.
-    """
-    from bridgeseg.cli import UserError
-
-    try:
-        import fastapi  # noqa: F401
-        import python_multipart  # noqa: F401
-        import uvicorn
-    except ImportError as error:
-        raise UserError(f"the web app needs FastAPI, uvicorn and python-multipart ({error}); {INSTALL_HINT}") from error
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.exists():
-        if checkpoint == Path(DEMO_CHECKPOINT):
-            raise UserError(
-                f"no checkpoint at {checkpoint} (the demo model): run `make demo` to train it, or pass --checkpoint "
-                "with a model folder, .safetensors or .ckpt"
-            )
-        raise UserError(
-            f"no checkpoint at {checkpoint}: pass --checkpoint with a model folder, .safetensors or .ckpt "
-            f"(or run `make demo` and use the demo model, {DEMO_CHECKPOINT})"
-        )
-    _check_port_free(args.host, args.port)
-    from bridgeseg.inference import Segmenter
-
-    segmenter = Segmenter.from_checkpoint(checkpoint)
-    loopback = _is_loopback(args.host)
-    if not loopback:
-        logger.warning(
-            "listening on %s: anyone who can reach this machine can use the model; use --host 127.0.0.1 to "
-            "keep it local",
-            args.host,
-        )
-    app = create_app(segmenter, checkpoint=str(checkpoint), allowed_hosts=_LOOPBACK_NAMES if loopback else None)
-    host_in_url = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
-    logger.info(
-        "serving %s (%s, %d classes) at http://%s:%d (Ctrl+C to stop)",
-        checkpoint,
-        segmenter.model.method,
-        len(segmenter.classes),
-        host_in_url,
-        args.port,
-    )
-    # The connection cap bounds the uploads held in memory at once; beyond it uvicorn answers 503.
-    uvicorn.run(app, host=args.host.strip("[]"), port=args.port, log_level="warning", limit_concurrency=MAX_CONNECTIONS)
-    return 0

@@ -5,7 +5,7 @@ Everything runs on the CPU without a network, in about 6 minutes on two cores:
 1. generate the photo-mosaic stand-in dataset (`bridgeseg.data.mosaic`) into `data/mosaic`, or reuse it when it
    is already there with the same parameters;
 2. train `bridge` on EfficientNet-Lite0 (offline ImageNet weights) with MiniLM text embeddings through the real
-   engine (`bridgeseg fit --config configs/mosaic/bridge_efficientnet_lite0_128x128_600.yaml`);
+   engine (`bridgeseg fit --config mosaic/bridge_efficientnet_lite0_128x128_600.yaml`, a shipped config);
 3. evaluate on the mosaic val split (per-class table, mIoU);
 4. write `metrics.json`, a self-contained checkpoint (`model/`), and colour overlays of val images and of whole
    bundled photos, one of them with an open-vocabulary class list.
@@ -28,18 +28,22 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+from bridgeseg.configs import CONFIG_DIR
+
+if TYPE_CHECKING:
+    from bridgeseg.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEMO_CONFIG", "DEMO_DATA", "OPEN_VOCABULARY_EXAMPLE", "PHOTO_EXAMPLES", "ensure_mosaic", "run_demo"]
 
-_REPO = Path(__file__).resolve().parents[2]
-# The demo's recipe; a copy is shipped so a source checkout and `make demo` agree on it.
-DEMO_CONFIG = _REPO / "configs" / "mosaic" / "bridge_efficientnet_lite0_128x128_600.yaml"
+# The demo's recipe, shipped with the package: a wheel install and a source checkout run the same one.
+DEMO_CONFIG = CONFIG_DIR / "mosaic" / "bridge_efficientnet_lite0_128x128_600.yaml"
 # Mosaic data of the demo: `generate_mosaic`'s defaults (difficulty included), written out so the reuse check
 # can compare them with an existing folder.
 DEMO_DATA: dict[str, Any] = {"num_train": 400, "num_val": 100, "size": 192, "seed": 0}
@@ -147,17 +151,17 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 2)
 
 
-def _val_overlays(segmenter: Any, data_dir: Path, out_dir: Path, count: int) -> list[Path]:
+def _val_overlays(predictor: Predictor, data_dir: Path, out_dir: Path, count: int) -> list[Path]:
     """`val_*.png`: image | ground truth | prediction, each with its legend."""
-    from bridgeseg.data.datasets import load_image, load_mask
+    from bridgeseg.images import load_image, load_mask
     from bridgeseg.visualize import overlay
 
-    classes = segmenter.classes
+    classes = predictor.classes
     paths = []
     for image_path in sorted((data_dir / "images" / "val").glob("*.png"))[:count]:
         image = load_image(image_path)
         mask = load_mask(data_dir / "masks" / "val" / image_path.name).numpy()
-        prediction = segmenter.predict(image)
+        prediction = predictor.predict(image)
         truth = overlay(image, mask, classes, alpha=0.6)
         predicted = overlay(image, prediction.labels, classes, alpha=0.6)
         panels = [Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)), truth, predicted]
@@ -172,7 +176,7 @@ def _val_overlays(segmenter: Any, data_dir: Path, out_dir: Path, count: int) -> 
     return paths
 
 
-def _photo_overlays(segmenter: Any, out_dir: Path, short_side: int) -> dict[str, dict[str, Any]]:
+def _photo_overlays(predictor: Predictor, out_dir: Path, short_side: int) -> dict[str, dict[str, Any]]:
     """Whole bundled photos with the training classes, and one with an open-vocabulary class list.
 
     Each photo is first resized to `short_side`, the scale at which the mosaic shows it (`photo_scale` image
@@ -192,7 +196,7 @@ def _photo_overlays(segmenter: Any, out_dir: Path, short_side: int) -> dict[str,
         factor = short_side / min(photo.size)
         size = (round(photo.width * factor), round(photo.height * factor))
         image = np.asarray(photo.resize(size, Image.Resampling.LANCZOS))
-        prediction = segmenter.predict(image, classes=classes)
+        prediction = predictor.predict(image, classes=classes)
         path = out_dir / f"{stem}.png"
         overlay(image, prediction.labels, prediction.classes, alpha=0.5).save(path)
         areas = {label: round(share, 4) for label, share in prediction.areas().items()}
@@ -234,9 +238,10 @@ def run_demo(
     Returns:
         The content of `metrics.json`.
     """
-    from bridgeseg.engine.cli import run_lightning_cli
+    from bridgeseg.checkpoints import save_checkpoint
+    from bridgeseg.engine.lightning import run_lightning_cli
     from bridgeseg.engine.metrics import format_table
-    from bridgeseg.inference import Segmenter, save_checkpoint
+    from bridgeseg.predictor import Predictor
 
     start, cpu_start = time.perf_counter(), time.process_time()
     out_dir, data_dir = Path(out_dir), Path(data_dir)
@@ -263,12 +268,12 @@ def run_demo(
 
     model_dir = save_checkpoint(module.model, out_dir / "model")
     # Reloading proves the checkpoint is self-contained; the overlays come from the reloaded model.
-    segmenter = Segmenter.from_checkpoint(model_dir)
+    predictor = Predictor.from_checkpoint(model_dir)
     overlay_dir = out_dir / "overlays"
     overlay_dir.mkdir(exist_ok=True)
-    val_overlays = _val_overlays(segmenter, data_dir, overlay_dir, 2 if quick else _NUM_VAL_OVERLAYS)
+    val_overlays = _val_overlays(predictor, data_dir, overlay_dir, 2 if quick else _NUM_VAL_OVERLAYS)
     photo_scale = _data_parameters(**data, include_cc_by=False, difficulty={})["difficulty"]["photo_scale"]
-    photos = _photo_overlays(segmenter, overlay_dir, short_side=round(photo_scale * data["size"]))
+    photos = _photo_overlays(predictor, overlay_dir, short_side=round(photo_scale * data["size"]))
 
     data_config = cli.datamodule
     metrics = {

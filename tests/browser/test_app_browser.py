@@ -31,7 +31,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bridgeseg.data.mosaic import MOSAIC_SOURCES, load_source_photo
+from bridgeseg.app import EXAMPLES
+from bridgeseg.data.mosaic import render_val_mosaics
 
 pytestmark = pytest.mark.browser
 
@@ -51,12 +52,11 @@ CHROMIUM_ARGS = [
 ]
 SERVER_START_TIMEOUT_S = 180
 SEGMENT_TIMEOUT_MS = 120_000
-PHOTO = "cat"
 SCREENSHOT_MAX_BYTES = 200_000
 
 
 def _tiny_checkpoint(directory: Path) -> Path:
-    from bridgeseg.inference import save_checkpoint
+    from bridgeseg.checkpoints import save_checkpoint
     from bridgeseg.models import create_model
 
     torch.manual_seed(0)
@@ -182,8 +182,10 @@ def _save_docs_screenshot(page: Any, target: Path) -> None:
 
 
 def test_upload_segment_and_show_the_result(page: Any, server: str, tmp_path: Path, record_property: Any) -> None:
-    photo_path = tmp_path / f"{PHOTO}.png"
-    photo = Image.fromarray(load_source_photo(PHOTO))
+    # A held-out mosaic (the demo data's val_00000.png): an image the demo model is meant for, so the screenshot
+    # shows a meaningful segmentation.
+    photo_path = tmp_path / "mosaic_val_00000.png"
+    photo = Image.fromarray(render_val_mosaics(1)[0][0])
     photo.save(photo_path)
     classes = _get_json(f"{server}/api/info")["classes"]
 
@@ -225,22 +227,24 @@ def test_upload_segment_and_show_the_result(page: Any, server: str, tmp_path: Pa
 
 def test_example_photo_from_the_list(page: Any, server: str) -> None:
     options = page.locator("#example option").all_inner_texts()
-    assert options[1:] == list(MOSAIC_SOURCES)
-    page.select_option("#example", "coins")
+    assert options[1:] == [example.label for example in EXAMPLES]
+    # The open-vocabulary photo brings its class list with it.
+    page.select_option("#example", "photo-cat")
     page.wait_for_function("() => document.getElementById('preview').naturalWidth > 0")
+    assert page.input_value("#classes") == "cat, dog, wall, floor"
     page.select_option("#mode", "slide")
     page.click("#segment")
     page.wait_for_function(
         "() => document.getElementById('overlay').naturalWidth > 0 && !document.getElementById('result').hidden",
         timeout=SEGMENT_TIMEOUT_MS,
     )
-    assert page.eval_on_selector("#overlay", "img => img.naturalWidth") == 384
+    assert page.eval_on_selector("#overlay", "img => img.naturalWidth") == 451
     assert "sliding window" in page.inner_text("#latency")
     _assert_stayed_local(page, server)
 
 
 def test_bad_class_list_shows_the_message(page: Any, server: str) -> None:
-    page.select_option("#example", "coins")
+    page.select_option("#example", "mosaic-val-1")
     page.fill("#classes", "coins, sky, coins")
     page.click("#segment")
     error = page.locator("#error")

@@ -8,10 +8,11 @@ import pytest
 import torch
 import yaml
 
-from bridgeseg.engine.cli import run_lightning_cli
+from bridgeseg.configs import CONFIG_DIR, list_configs
+from bridgeseg.engine.lightning import run_lightning_cli
 from tests.engine.helpers import make_folder_dataset
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
+CONFIGS = [CONFIG_DIR / name for name in list_configs()]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,9 @@ from tests.conftest import CLASSES, TINY_BACKBONES
 OPEN_VOCABULARY = {"bridge": True, "lseg": True, "denseclip": False, "fpn": False}
 
 
-def tiny(method: str, backbone: str = "test_resnet", class_embeddings=None, **options) -> bridgeseg.models.Segmentor:
+def tiny(
+    method: str, backbone: str = "test_resnet", class_embeddings=None, **options
+) -> bridgeseg.models.SegmentationModel:
     defaults = dict(backbone=backbone, classes=CLASSES, fusion_dim=32, decoder_channels=16)
     return create_model(method, class_embeddings=class_embeddings, **(defaults | options))
 

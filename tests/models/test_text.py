@@ -177,9 +177,9 @@ def test_cache_filled_in_inference_mode_still_trains(minilm):
     [
         ([], "empty"),
         (["cat", "  "], "blank"),
-        (["cat", "dog", "cat"], "Duplicate"),
-        (["cat", " cat "], "Duplicate"),
-        ("cat", "not one string"),
+        (["cat", "dog", "cat"], "duplicate"),
+        (["cat", " cat "], "duplicate"),
+        ("cat", "the string"),
         (["cat", 3], "strings"),
     ],
 )

@@ -61,13 +61,18 @@ async function loadInfo() {
   elements.imageFile.title = `at most ${megabytes.toFixed(0)} MB and ${info.limits.max_pixels} pixels`;
 }
 
+// Each example says what it is (a held-out mosaic, or a whole photo with an open-vocabulary class list) and
+// may come with the class list to try it with.
+const exampleClasses = new Map();
+
 async function loadExamples() {
   const { examples } = await fetchJson("api/examples");
-  for (const name of examples) {
+  for (const example of examples) {
     const option = document.createElement("option");
-    option.value = name;
-    option.textContent = name;
+    option.value = example.name;
+    option.textContent = example.label;
     elements.example.append(option);
+    exampleClasses.set(example.name, example.classes);
   }
 }
 
@@ -188,6 +193,8 @@ function init() {
   elements.example.addEventListener("change", () => {
     if (elements.example.value) {
       elements.imageFile.value = "";
+      const classes = exampleClasses.get(elements.example.value);
+      elements.classes.value = (classes || modelClasses).join(", ");
       setPreview(`api/examples/${encodeURIComponent(elements.example.value)}`);
     } else {
       setPreview(null);

@@ -30,7 +30,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from bridgeseg.data.classes import (
@@ -41,6 +40,20 @@ from bridgeseg.data.classes import (
     VOC_CLASSES,
     clean_class_names,
 )
+from bridgeseg.errors import DatasetError, DatasetNotFoundError
+from bridgeseg.images import (
+    TRANSPOSING_ORIENTATIONS,
+    IMAGE_EXTENSIONS,
+    FileInfo,
+    decode,
+    load_image,
+    load_mask,
+    mask_to_array,
+    open_image,
+    pil_to_tensor,
+)
+from bridgeseg.images import probe as _probe
+from bridgeseg.vocabulary import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -65,171 +78,10 @@ __all__ = [
     "register_dataset",
 ]
 
-IGNORE_INDEX = 255
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _EXAMPLES = 5  # how many file names an error message lists
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
-
-
-class DatasetError(ValueError):
-    """A dataset file or folder breaks the expected layout or label convention."""
-
-
-class DatasetNotFoundError(DatasetError, FileNotFoundError):
-    """A dataset root, split folder or split file does not exist."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Reading files
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _FileInfo:
-    """Geometry of an image or mask file: size after EXIF orientation, size as stored, orientation tag."""
-
-    size: tuple[int, int]  # (width, height) after EXIF orientation
-    stored_size: tuple[int, int]
-    orientation: int
-
-
-def _open(path: Path, what: str) -> Image.Image:
-    try:
-        return Image.open(path)
-    except FileNotFoundError as exc:
-        raise DatasetNotFoundError(f"{path}: {what} file not found; restore it or remove it from the split") from exc
-    except Image.DecompressionBombError as exc:
-        raise DatasetError(_bomb_message(path, what, exc)) from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DatasetError(
-            f"{path}: cannot read {what} ({exc}); the file is corrupt or not an image: replace it or remove it"
-        ) from exc
-
-
-def _bomb_message(path: Path, what: str, exc: Exception) -> str:
-    # PIL's limit (Image.MAX_IMAGE_PIXELS) stays on: a few bytes of header can otherwise claim gigapixels.
-    return (
-        f"{path}: {what} refused by PIL's decompression-bomb guard ({exc}); a file this large is corrupt or "
-        f"hostile, or a genuine huge image: downscale or tile it below {Image.MAX_IMAGE_PIXELS} pixels"
-    )
-
-
-def _orientation(image: Image.Image) -> int:
-    try:
-        value = int(image.getexif().get(_EXIF_ORIENTATION, 1))
-    except Exception:  # a malformed EXIF block must not make a readable image unreadable
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
-def _load_pixels(image: Image.Image, path: Path, what: str) -> tuple[Image.Image, _FileInfo]:
-    """Decode ``image`` and apply its EXIF orientation."""
-    try:
-        image.load()
-    except Image.DecompressionBombError as exc:
-        raise DatasetError(_bomb_message(path, what, exc)) from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(
-            f"{path}: cannot decode {what} ({exc}); the file is corrupt or truncated: replace it or remove it"
-        ) from exc
-    orientation = _orientation(image)
-    stored_size = image.size
-    if orientation != 1:
-        image = ImageOps.exif_transpose(image)
-    return image, _FileInfo(size=image.size, stored_size=stored_size, orientation=orientation)
-
-
-def _probe(path: Path, what: str) -> _FileInfo:
-    """Size and orientation from the file header, without decoding the pixels."""
-    with _open(path, what) as image:
-        orientation = _orientation(image)
-        width, height = image.size
-    size = (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
-    return _FileInfo(size=size, stored_size=(width, height), orientation=orientation)
-
-
-def _image_to_tensor(image: Image.Image, path: Path) -> torch.Tensor:
-    """Convert any PIL mode to float32 RGB [3, H, W] in [0, 1]."""
-    mode = image.mode
-    if mode in _SIXTEEN_BIT_MODES or mode == "F":
-        gray = np.array(image, dtype=np.float32)
-        # 16-bit greyscale (PNG/TIFF) spans 0..65535; a float image already in [0, 1] is kept as it is.
-        if mode != "F" or gray.max(initial=0.0) > 1.0:
-            gray = gray / 65535.0
-        gray = np.clip(gray, 0.0, 1.0)
-        return torch.from_numpy(np.ascontiguousarray(np.broadcast_to(gray, (3, *gray.shape))))
-    if mode != "RGB":
-        try:
-            image = image.convert("RGB")  # L, LA, P, PA, RGBA (alpha dropped), CMYK, YCbCr, 1
-        except (ValueError, OSError) as exc:
-            raise DatasetError(f"{path}: cannot convert image mode {mode!r} to RGB ({exc}); save it as RGB") from exc
-    array = np.array(image, dtype=np.uint8)  # [H, W, 3]
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous().float().div_(255.0)
-
-
-def _mask_to_array(image: Image.Image, path: Path) -> np.ndarray:
-    """Read an index mask as int64 [H, W]; colour masks are rejected."""
-    mode = image.mode
-    if mode in ("L", "P", "1") or mode in _SIXTEEN_BIT_MODES:
-        mask = np.array(image).astype(np.int64)
-        if mode == "I" and mask.size and mask.min() < 0:
-            raise DatasetError(f"{path}: mask holds negative values; labels must be 0..K-1 and 255 (ignore)")
-        return mask
-    if mode == "LA":
-        return np.array(image)[..., 0].astype(np.int64)
-    if mode in ("RGB", "RGBA"):
-        rgb = np.array(image)[..., :3]
-        # A greyscale mask saved as RGB (R == G == B) still holds indices; anything else is a colour rendering.
-        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
-            return rgb[..., 0].astype(np.int64)
-        raise DatasetError(
-            f"{path}: mask is a colour ({mode}) image, expected a single-channel index PNG holding one class index "
-            f"per pixel (0..K-1, 255 = ignore); map its colours to indices and save it in mode 'L' or 'P'"
-        )
-    raise DatasetError(f"{path}: mask has unsupported mode {mode!r}; save it as an 8-bit index PNG (mode 'L' or 'P')")
-
-
-def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Read an image as float32 RGB ``[3, H, W]`` in ``[0, 1]``, EXIF orientation applied.
-
-    Greyscale, palette, RGBA (alpha dropped), CMYK and 16-bit images (scaled by 65535) are converted.
-
-    Args:
-        path: Image file.
-
-    Returns:
-        The image tensor.
-
-    Raises:
-        DatasetError: The file is missing, corrupt or not an image.
-    """
-    path = Path(path)
-    with _open(path, "image") as image:
-        decoded, _ = _load_pixels(image, path, "image")
-        return _image_to_tensor(decoded, path)
-
-
-def load_mask(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Read an index mask as int64 ``[H, W]`` with its stored values (no label mapping), EXIF orientation applied.
-
-    Args:
-        path: Mask file (an index PNG: mode ``L``, ``P`` or 16-bit).
-
-    Returns:
-        The mask tensor.
-
-    Raises:
-        DatasetError: The file is missing, corrupt, or a colour image.
-    """
-    path = Path(path)
-    with _open(path, "mask") as image:
-        decoded, _ = _load_pixels(image, path, "mask")
-        return torch.from_numpy(_mask_to_array(decoded, path))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -367,30 +219,30 @@ class SegmentationDataset(Dataset):
                 mask holds labels outside ``0..num_classes-1`` other than 255.
         """
         image_path = self.samples[index][0]
-        with _open(image_path, "image") as raw_image:
-            decoded, image_info = _load_pixels(raw_image, image_path, "image")
-            image = _image_to_tensor(decoded, image_path)
+        with open_image(image_path, "image") as raw_image:
+            decoded, image_info = decode(raw_image, image_path, "image")
+            image = pil_to_tensor(decoded, image_path)
         mask = self._read_mask(index, image_info)
         sample: Sample = {"image": image, "mask": torch.from_numpy(mask), "path": str(image_path)}
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
 
-    def _read_mask(self, index: int, image_info: _FileInfo) -> np.ndarray:
+    def _read_mask(self, index: int, image_info: FileInfo) -> np.ndarray:
         """Read the mask of sample ``index``, check it against its image and map its labels."""
         image_path, mask_path = self.samples[index]
-        with _open(mask_path, "mask") as raw_mask:
-            decoded, mask_info = _load_pixels(raw_mask, mask_path, "mask")
-            stored = _mask_to_array(decoded, mask_path)
+        with open_image(mask_path, "mask") as raw_mask:
+            decoded, mask_info = decode(raw_mask, mask_path, "mask")
+            stored = mask_to_array(decoded, mask_path)
         self._check_sizes(image_path, image_info, mask_path, mask_info)
         return self._map_labels(stored, mask_path)
 
-    def _check_sizes(self, image_path: Path, image_info: _FileInfo, mask_path: Path, mask_info: _FileInfo) -> None:
+    def _check_sizes(self, image_path: Path, image_info: FileInfo, mask_path: Path, mask_info: FileInfo) -> None:
         if image_info.size == mask_info.size:
             return
         (mask_w, mask_h), (image_w, image_h) = mask_info.size, image_info.size
         if (
-            image_info.orientation in _TRANSPOSING_ORIENTATIONS
+            image_info.orientation in TRANSPOSING_ORIENTATIONS
             and mask_info.orientation == 1
             and mask_info.size == image_info.stored_size
         ):
@@ -450,8 +302,8 @@ class SegmentationDataset(Dataset):
             image_path, _ = self.samples[index]
             try:
                 if decode_images:
-                    with _open(image_path, "image") as raw_image:
-                        _, image_info = _load_pixels(raw_image, image_path, "image")
+                    with open_image(image_path, "image") as raw_image:
+                        _, image_info = decode(raw_image, image_path, "image")
                 else:
                     image_info = _probe(image_path, "image")
                 return self._read_mask(index, image_info), None

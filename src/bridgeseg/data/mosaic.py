@@ -27,7 +27,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -557,6 +557,62 @@ disjoint areas of each photo (`meta.json` -> `split_areas`, boxes `x0, y0, x1, y
 """
 
 
+def _settings(size: int, include_cc_by: bool, difficulty: dict[str, Any]) -> tuple[MosaicDifficulty, list[str]]:
+    """The difficulty knobs and the class list of a mosaic, checked."""
+    valid = {field.name for field in dataclasses.fields(MosaicDifficulty)}
+    unknown = sorted(set(difficulty) - valid)
+    if unknown:
+        raise TypeError(f"unknown difficulty keyword(s) {unknown}; valid ones: {sorted(valid)}")
+    for key in ("num_regions", "scale_range"):
+        if key in difficulty:
+            difficulty[key] = tuple(difficulty[key])
+    knobs = MosaicDifficulty(**difficulty)
+    if size < 16:
+        raise ValueError(f"size must be at least 16 px, got {size}")
+    classes = mosaic_classes(include_cc_by)
+    if knobs.num_classes is not None:
+        if knobs.num_classes > len(classes):
+            raise ValueError(
+                f"num_classes={knobs.num_classes} but only {len(classes)} classes are available"
+                + ("" if include_cc_by else f" ({len(mosaic_classes(True))} with include_cc_by=True)")
+            )
+        classes = classes[: knobs.num_classes]
+    return knobs, classes
+
+
+def _render_split(
+    split_id: int, count: int, seed: int, num_classes: int, render: Callable[..., Any]
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]]:
+    """The first `count` mosaics of a split, in order: (image, mask, provenance of the regions).
+
+    `render(rng, draw)` is `_render` with everything but the image's random stream and the class deck bound.
+    """
+    deck = _ClassDeck(num_classes, np.random.default_rng([seed, split_id, 0xDEC]))
+    for index in range(count):
+        # One stream per image: an image does not depend on how many come before it, only its classes do.
+        yield render(np.random.default_rng([seed, split_id, index]), deck.draw)
+
+
+def render_val_mosaics(
+    count: int, size: int = 192, seed: int = 0, include_cc_by: bool = False, **difficulty: Any
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The first `count` val mosaics exactly as `generate_mosaic` writes them, rendered in memory.
+
+    They are held out from training (the val split reads other areas of the photos), so a model trained on the
+    mosaic with the same arguments has never seen them.
+
+    Returns:
+        (image [S, S, 3] uint8, mask [S, S] uint8) pairs.
+    """
+    knobs, classes = _settings(size, include_cc_by, difficulty)
+    parts, limits = _prepare_parts(classes, size, knobs.photo_scale, knobs.val_fraction)
+    render = functools.partial(
+        _render, classes=classes, parts=parts, limits=limits, split="val", size=size, difficulty=knobs
+    )
+    rendered = _render_split(1, count, seed, len(classes), render)
+    return [(image, mask) for image, mask, _ in rendered]
+
+
 def generate_mosaic(
     out_dir: str | Path,
     num_train: int = 400,
@@ -598,27 +654,9 @@ def generate_mosaic(
         ValueError: If a count, the size or a difficulty value is out of range.
         FileExistsError: If ``out_dir`` is not empty and may not be replaced.
     """
-    valid = {field.name for field in dataclasses.fields(MosaicDifficulty)}
-    unknown = sorted(set(difficulty) - valid)
-    if unknown:
-        raise TypeError(f"unknown difficulty keyword(s) {unknown}; valid ones: {sorted(valid)}")
-    for key in ("num_regions", "scale_range"):
-        if key in difficulty:
-            difficulty[key] = tuple(difficulty[key])
-    knobs = MosaicDifficulty(**difficulty)
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
         raise ValueError(f"need num_train >= 0, num_val >= 0 and at least one image; got {num_train}, {num_val}")
-    if size < 16:
-        raise ValueError(f"size must be at least 16 px, got {size}")
-
-    classes = mosaic_classes(include_cc_by)
-    if knobs.num_classes is not None:
-        if knobs.num_classes > len(classes):
-            raise ValueError(
-                f"num_classes={knobs.num_classes} but only {len(classes)} classes are available"
-                + ("" if include_cc_by else f" ({len(mosaic_classes(True))} with include_cc_by=True)")
-            )
-        classes = classes[: knobs.num_classes]
+    knobs, classes = _settings(size, include_cc_by, difficulty)
 
     start = time.perf_counter()
     parts, limits = _prepare_parts(classes, size, knobs.photo_scale, knobs.val_fraction)
@@ -639,11 +677,11 @@ def generate_mosaic(
         for split_id, (split, count) in enumerate(counts.items()):
             (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
             (out_dir / "masks" / split).mkdir(parents=True, exist_ok=True)
-            deck = _ClassDeck(len(classes), np.random.default_rng([seed, split_id, 0xDEC]))
-            for index in range(count):
-                # One stream per image: an image does not depend on how many come before it, only its classes do.
-                rng = np.random.default_rng([seed, split_id, index])
-                image, mask, regions = _render(rng, deck.draw, classes, parts, limits, split, size, knobs)
+            render = functools.partial(
+                _render, classes=classes, parts=parts, limits=limits, split=split, size=size, difficulty=knobs
+            )
+            rendered = _render_split(split_id, count, seed, len(classes), render)
+            for index, (image, mask, regions) in enumerate(rendered):
                 stem = f"{split}_{index:05d}"
                 Image.fromarray(image).save(out_dir / "images" / split / f"{stem}.png")
                 mask_image = Image.fromarray(mask)  # "L"; attaching the palette makes it "P" with the same indices

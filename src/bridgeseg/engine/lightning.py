@@ -1,7 +1,9 @@
 """`bridgeseg fit | validate | test`: LightningCLI with YAML configs and dotted overrides.
 
+`--config` takes a file or the name of a shipped config (`bridgeseg.configs`).
+
 Example:
-    bridgeseg fit --config configs/ade20k/bridge_efficientnet_lite0_512x512_80k.yaml --data.root data/ade
+    bridgeseg fit --config ade20k/bridge_efficientnet_lite0_512x512_80k.yaml --data.root data/ade
     bridgeseg fit --config CONFIG --ckpt_path last          # resume the run in trainer.default_root_dir
     bridgeseg validate --config CONFIG --ckpt_path runs/x/checkpoints/best.ckpt
 """
@@ -20,6 +22,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from bridgeseg.configs import resolve_config
 from bridgeseg.engine.datamodule import SegmentationDataModule
 from bridgeseg.engine.module import SegmentationModule
 from bridgeseg.io import write_atomically
@@ -263,8 +266,24 @@ if not any(isinstance(item, _NoAdvertisement) for item in _RANK_ZERO_LOGGER.filt
     _RANK_ZERO_LOGGER.addFilter(_NoAdvertisement())
 
 
+def _resolve_configs(argv: Sequence[str]) -> list[str]:
+    """`--config NAME` → the shipped config's path when NAME is not a file (see `bridgeseg.configs`)."""
+    resolved = list(argv)
+    for index, argument in enumerate(resolved):
+        if argument == "--config" and index + 1 < len(resolved):
+            resolved[index + 1] = str(resolve_config(resolved[index + 1]))
+        elif argument.startswith("--config="):
+            resolved[index] = f"--config={resolve_config(argument.split('=', 1)[1])}"
+    return resolved
+
+
 def run_lightning_cli(argv: Sequence[str], run: bool = True) -> BridgesegCLI:
-    """Run `fit`, `validate` or `test` with the given command-line arguments."""
+    """Run `fit`, `validate` or `test` with the given command-line arguments.
+
+    Raises:
+        FileNotFoundError: A `--config` that is neither a file nor a shipped config.
+    """
+    argv = _resolve_configs(argv)
     # The generated usage lists every option (several KB); a parse error shows this line and a --help tip instead.
     usage = "%(prog)s [--config CONFIG.yaml] [--SECTION.KEY VALUE ...]"
     parser_kwargs: dict[str, Any] = {"prog": "bridgeseg"}

@@ -9,12 +9,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bridgeseg.engine.metrics import SegmentationMetric, format_table
-from bridgeseg.models import ModelConfig, Segmentor, create_model
-from bridgeseg.models.segmentor import IGNORE_INDEX
+from bridgeseg.models import ModelConfig, SegmentationModel, create_model
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +28,7 @@ def poly_warmup_factor(step: int, max_steps: int, warmup_steps: int, warmup_rati
     return poly
 
 
-def parameter_groups(model: Segmentor, lr: float, weight_decay: float, backbone_lr_mult: float) -> list[dict]:
+def parameter_groups(model: SegmentationModel, lr: float, weight_decay: float, backbone_lr_mult: float) -> list[dict]:
     """AdamW groups as DenseCLIP's recipe: backbone lr × mult, no decay on norms and biases, text encoder out.
 
     Frozen parameters (the text tower) are left out; learnable prompt context, if any, trains at the base lr.
@@ -134,7 +132,8 @@ class SegmentationModule(pl.LightningModule):
     # -- training -------------------------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        losses = self.model.loss(self._pad_to_stride(batch))
+        self._report_padding(batch["image"])
+        losses = self.model.loss(batch)
         if not torch.isfinite(losses["loss"]):
             # LastCheckpoint adds a note saying where the last checkpoint is.
             raise FloatingPointError(
@@ -146,30 +145,20 @@ class SegmentationModule(pl.LightningModule):
         self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size)
         return losses["loss"]
 
-    def _pad_to_stride(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Pad crops to a multiple of the output stride, as `Segmentor.predict` pads at inference.
-
-        A crop such as 100 would otherwise reach the stride-32 features as a 3.125-cell grid whose upsampling no
-        longer lines up with the finer levels. The padding has the mean colour (0 after normalisation) and the
-        ignore label, so it adds compute but no loss.
-        """
-        stride = self.model.output_stride
-        images, masks = batch["image"], batch["mask"]
+    def _report_padding(self, images: Tensor) -> None:
+        """Say once that crops are padded by the model's rule (`SegmentationModel.pad`, applied in `loss`)."""
+        if self._padding_reported:
+            return
+        self._padding_reported = True
         height, width = images.shape[-2:]
-        pad_h, pad_w = (-height) % stride, (-width) % stride
-        if not (pad_h or pad_w):
-            return batch
-        if not self._padding_reported:
-            self._padding_reported = True
+        padded, _ = self.model.pad(images[:1])
+        if padded.shape[-2:] != (height, width):
+            stride = self.model.output_stride
             logger.info(
                 "Training crops of %dx%d are padded to %dx%d (a multiple of the output stride %d); a crop size "
                 "that is a multiple of %d saves the extra compute",
-                height, width, height + pad_h, width + pad_w, stride, stride,
+                height, width, *padded.shape[-2:], stride, stride,
             )  # fmt: skip
-        mean = self.model.pixel_mean.to(images)
-        images = F.pad(images - mean, (0, pad_w, 0, pad_h)) + mean
-        masks = F.pad(masks, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
-        return {**batch, "image": images, "mask": masks}
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

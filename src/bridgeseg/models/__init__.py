@@ -11,7 +11,9 @@ from typing import Any
 
 from torch import Tensor
 
-from bridgeseg.models.segmentor import SEGMENTORS, ModelConfig, Segmentor, validate_class_names
+from bridgeseg._deprecated import renamed
+from bridgeseg.models.segmentor import SEGMENTORS, ModelConfig, SegmentationModel
+from bridgeseg.vocabulary import validate_class_names
 
 
 def list_methods() -> list[str]:
@@ -23,8 +25,8 @@ def create_model(
     method: str | ModelConfig | dict[str, Any] = "bridge",
     class_embeddings: Tensor | None = None,
     **options: Any,
-) -> Segmentor:
-    """Build a segmentor by name or from a config.
+) -> SegmentationModel:
+    """Build a segmentation model by name or from a config.
 
     Args:
         method: "bridge", "denseclip", "lseg" or "fpn"; or a `ModelConfig` / dict holding the whole config.
@@ -32,7 +34,7 @@ def create_model(
         **options: `ModelConfig` fields, e.g. `backbone`, `text_encoder`, `classes`, `fusion_blocks`.
 
     Returns:
-        The segmentor.
+        The model.
 
     Raises:
         ValueError: Unknown method or option (the message lists the valid ones), or a missing class list.
@@ -53,4 +55,6 @@ def create_model(
     return SEGMENTORS[config.method](config, class_embeddings=class_embeddings)
 
 
-__all__ = ["ModelConfig", "Segmentor", "create_model", "list_methods", "validate_class_names"]
+__all__ = ["ModelConfig", "SegmentationModel", "create_model", "list_methods", "validate_class_names"]
+
+__getattr__ = renamed(__name__, {"Segmentor": ("SegmentationModel", SegmentationModel)})

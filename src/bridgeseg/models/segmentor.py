@@ -3,11 +3,13 @@
 Every segmentor has the three paths of mmseg's `EncoderDecoder`:
 
 - `loss(batch)` for training,
-- `predict(images, classes)` for inference (eval mode, no grad, whole image or sliding window),
+- `predict(images, classes)` for inference (eval mode, no grad, whole image or sliding window: the shared loop of
+  `bridgeseg.models.prediction`),
 - a pure-tensor `forward(images, text_embeddings)` for export and FLOP counting.
 
 Images enter every path as float tensors scaled to [0, 1]; the segmentor normalises them with its backbone's
-statistics, so data pipelines and exported models need not know them.
+statistics, so data pipelines and exported models need not know them. Inputs of any size are padded by the
+model's one rule (`pad`): the mean colour for images, the ignore label for masks.
 """
 
 from __future__ import annotations
@@ -22,16 +24,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bridgeseg._deprecated import renamed
 from bridgeseg.models.backbones import create_backbone
 from bridgeseg.models.decoders import SemanticFPN
 from bridgeseg.models.denseclip import ContextDecoder, DenseAttentionPool
 from bridgeseg.models.fusion import BridgeFusion, Temperature, cosine_logits
 from bridgeseg.models.heads import ClosedSetHead, LanguageHead, SpatialRegularization
+from bridgeseg.models.prediction import TorchBackend, pad_to_multiple, segment, slide_windows
 from bridgeseg.models.text import TextEncoder, create_text_encoder
+from bridgeseg.vocabulary import IGNORE_INDEX, check_vocabulary, validate_class_names
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
+__all__ = [
+    "IGNORE_INDEX",
+    "SEGMENTORS",
+    "BridgeSegmentor",
+    "DenseCLIPSegmentor",
+    "FPNSegmentor",
+    "LSegSegmentor",
+    "ModelConfig",
+    "SegmentationModel",
+    "slide_windows",
+    "validate_class_names",
+]
 
 
 @dataclasses.dataclass
@@ -123,27 +139,6 @@ LEGACY_OPTIONS: dict[str, Any] = {
 }
 
 
-def validate_class_names(classes: Sequence[str]) -> list[str]:
-    """Check a class list and return it as a list.
-
-    Raises:
-        ValueError: The list is empty, has blank names or duplicates.
-    """
-    if isinstance(classes, str):
-        raise ValueError(f"classes must be a list of names, got the string {classes!r}; split it on commas first")
-    classes = list(classes)
-    if not classes:
-        raise ValueError("the class list is empty; give at least one class name")
-    blank = [i for i, name in enumerate(classes) if not str(name).strip()]
-    if blank:
-        raise ValueError(f"class names at positions {blank} are blank; remove them or give them a name")
-    seen: set[str] = set()
-    duplicates = sorted({name for name in classes if name in seen or seen.add(name)})
-    if duplicates:
-        raise ValueError(f"duplicate class names {duplicates}; each class needs a distinct name")
-    return classes
-
-
 def _keep_frozen_weights_out_of_checkpoints(module: nn.Module) -> None:
     """Leave a frozen module's weights out of state dicts, and keep the current ones when loading.
 
@@ -171,8 +166,8 @@ def _keep_frozen_weights_out_of_checkpoints(module: nn.Module) -> None:
     module.register_load_state_dict_pre_hook(fill)
 
 
-class Segmentor(nn.Module):
-    """Base class: backbone, text side, normalisation, loss and inference.
+class SegmentationModel(nn.Module):
+    """Base class of the four methods: backbone, text side, normalisation, padding, loss and inference.
 
     Subclasses build their parts in `_build` and compute stride-4 logits in `_forward`.
 
@@ -241,15 +236,9 @@ class Segmentor(nn.Module):
             ValueError: A closed-set model is asked for classes other than its own.
         """
         if classes is not None:
-            classes = validate_class_names(classes)
+            classes = check_vocabulary(classes, self.classes, self.open_vocabulary, f"'{self.method}'")
             if classes == self.classes:
                 classes = None
-        if classes is not None and not self.open_vocabulary:
-            raise ValueError(
-                f"'{self.method}' is closed-set: it was trained for {self.num_classes} classes "
-                f"({', '.join(self.classes[:5])}{', ...' if self.num_classes > 5 else ''}) and cannot take another "
-                "class list; use a 'bridge' or 'lseg' model for an open vocabulary"
-            )
         if not self.uses_text:
             return None
         if classes is None:
@@ -293,6 +282,25 @@ class Segmentor(nn.Module):
         """Normalise images scaled to [0, 1] with the backbone's mean and std."""
         return (images - self.pixel_mean) / self.pixel_std
 
+    def pad(self, images: Tensor, masks: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The padding rule: bottom and right up to a multiple of the output stride.
+
+        Images (in [0, 1]) get the mean colour, which is 0 after normalisation; masks get `IGNORE_INDEX`, so the
+        padding adds compute but no loss. A size that is not a multiple of 32 would otherwise reach the stride-32
+        features as a fractional grid whose upsampling no longer lines up with the finer levels.
+
+        Args:
+            images: [B, 3, H, W] scaled to [0, 1].
+            masks: [B, H, W] labels, or None.
+
+        Returns:
+            The padded images and masks (the inputs themselves when no padding is needed).
+        """
+        images = pad_to_multiple(images, self.output_stride, self.pixel_mean.to(images))
+        if masks is not None:
+            masks = pad_to_multiple(masks, self.output_stride, IGNORE_INDEX)
+        return images, masks
+
     def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
         """Normalised images → {"logits": [B, K, H/4, W/4], "aux": stride-32 score map [B, K, h, w] or None}."""
         raise NotImplementedError
@@ -316,13 +324,15 @@ class Segmentor(nn.Module):
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Training losses for a batch {"image": [B, 3, H, W] in [0, 1], "mask": [B, H, W] (255 = ignore)}.
 
+        Crops of any size are padded by the model's rule (`pad`), as `predict` pads.
+
         Returns:
             {"loss": total, "loss_seg": ..., and "loss_aux" when the auxiliary loss is on}.
 
         Raises:
             ValueError: The masks hold labels outside 0..K-1 other than 255.
         """
-        images, masks = batch["image"], batch["mask"].long()
+        images, masks = self.pad(batch["image"], batch["mask"].long())
         labelled = masks[masks != IGNORE_INDEX]
         if labelled.numel() and (labelled.min() < 0 or labelled.max() >= self.num_classes):
             bad = sorted({int(v) for v in labelled.unique() if v < 0 or v >= self.num_classes})[:10]
@@ -339,118 +349,32 @@ class Segmentor(nn.Module):
 
     @torch.inference_mode()
     def predict(
-        self,
-        images: Tensor,
-        classes: Sequence[str] | None = None,
-        mode: str = "whole",
-        crop_size: int = 512,
-        stride: int = 341,
-        flip: bool = False,
-        scales: Sequence[float] | None = None,
-        output_size: tuple[int, int] | None = None,
-        return_probs: bool = False,
+        self, images: Tensor, classes: Sequence[str] | None = None, **options: Any
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Segment images, optionally with another class list (open-vocabulary models only).
 
-        Inputs of any size are padded to a multiple of 32 internally and the result is cropped back.
+        Runs the shared loop, `bridgeseg.models.prediction.segment`, in eval mode: inputs of any size are padded by
+        the model's rule and the result is cropped back.
 
         Args:
             images: [B, 3, H, W] or [3, H, W], scaled to [0, 1].
             classes: Class names; default: the model's classes.
-            mode: "whole" (one pass) or "slide" (overlapping `crop_size` windows, `stride` apart, as mmseg).
-            crop_size: Window side for "slide".
-            stride: Window stride for "slide".
-            flip: Test-time augmentation: also segment the mirrored image.
-            scales: Test-time augmentation: resize the input by each factor (e.g. 0.75, 1.0, 1.25).
-            output_size: (height, width) of the result; default: the input's.
-            return_probs: Also return the per-class probabilities.
+            **options: Those of `segment`: `mode` ("whole" or "slide"), `crop_size`, `stride`, `flip`, `scales`,
+                `output_size`, `return_probs`.
 
         Returns:
             Label map [B, H, W] (int64), and probabilities [B, K, H, W] when `return_probs`; the probabilities
             are averaged over the augmented views.
+
+        Example:
+            >>> labels = model.predict(images, classes=["dog", "road"], mode="slide", flip=True)  # doctest: +SKIP
         """
-        if images.dim() == 3:
-            images = images.unsqueeze(0)
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must have shape [B, 3, H, W] or [3, H, W], got {tuple(images.shape)}")
-        if mode not in ("whole", "slide"):
-            raise ValueError(f"unknown inference mode {mode!r}; use 'whole' or 'slide'")
-        output_size = tuple(output_size or images.shape[-2:])
         was_training = self.training
         self.eval()
         try:
-            text_embeddings = self.text_embeddings(classes)
-            images = self.normalize(images.to(self.pixel_mean))
-            probs = None
-            views = 0
-            # One view and no probabilities asked for: softmax keeps the order of the classes, so the labels are
-            # the arg-max of the logits; this skips a softmax over [B, K, H, W] (most of predict's time on a CPU
-            # with many classes).
-            labels_only = not return_probs and not flip and len(scales or (1.0,)) == 1
-            for scale in scales or (1.0,):
-                scaled = images
-                if scale != 1.0:
-                    scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
-                for mirrored in (False, True) if flip else (False,):
-                    view = scaled.flip(-1) if mirrored else scaled
-                    if mode == "whole":
-                        logits = self._padded_logits(view, text_embeddings)
-                    else:
-                        logits = self._slide_logits(view, text_embeddings, crop_size, stride)
-                    if mirrored:
-                        logits = logits.flip(-1)
-                    if logits.shape[-2:] != output_size:
-                        logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
-                    if labels_only:
-                        return logits.argmax(dim=1)
-                    view_probs = logits.float().softmax(dim=1)
-                    probs = view_probs if probs is None else probs.add_(view_probs)  # [B, K, H, W]: no copies
-                    views += 1
+            return segment(TorchBackend(self), images, self.text_embeddings(classes), **options)
         finally:
             self.train(was_training)
-        probs = probs.div_(views)
-        labels = probs.argmax(dim=1)
-        return (labels, probs) if return_probs else labels
-
-    def _padded_logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
-        """Logits at the input size for normalised images of any size (zero padding = the mean colour)."""
-        height, width = images.shape[-2:]
-        pad_h, pad_w = (-height) % self.output_stride, (-width) % self.output_stride
-        padded = F.pad(images, (0, pad_w, 0, pad_h))
-        logits = self._forward(padded, text_embeddings)["logits"]
-        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., :height, :width]
-
-    def _slide_logits(self, images: Tensor, text_embeddings: Tensor | None, crop_size: int, stride: int) -> Tensor:
-        """mmseg's slide inference: average the logits of overlapping windows."""
-        batch, _, height, width = images.shape
-        logits = images.new_zeros((batch, self._num_outputs(text_embeddings), height, width))
-        counts = images.new_zeros((1, 1, height, width))
-        for y1, y2, x1, x2 in slide_windows(height, width, crop_size, stride):
-            logits[..., y1:y2, x1:x2] += self._padded_logits(images[..., y1:y2, x1:x2], text_embeddings)
-            counts[..., y1:y2, x1:x2] += 1
-        return logits.div_(counts)
-
-    def _num_outputs(self, text_embeddings: Tensor | None) -> int:
-        return self.num_classes if text_embeddings is None else text_embeddings.shape[-2]
-
-
-def slide_windows(height: int, width: int, crop_size: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """The windows (y1, y2, x1, x2) of mmseg's slide inference; the last row and column end at the border.
-
-    Raises:
-        ValueError: `crop_size` or `stride` is not positive.
-    """
-    if stride <= 0 or crop_size <= 0:
-        raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}")
-    rows = max(height - crop_size + stride - 1, 0) // stride + 1
-    cols = max(width - crop_size + stride - 1, 0) // stride + 1
-    windows = []
-    for row in range(rows):
-        for col in range(cols):
-            y2, x2 = min(row * stride + crop_size, height), min(col * stride + crop_size, width)
-            windows.append((max(y2 - crop_size, 0), y2, max(x2 - crop_size, 0), x2))
-    return windows
 
 
 def _cross_entropy(logits: Tensor, masks: Tensor) -> Tensor:
@@ -460,7 +384,7 @@ def _cross_entropy(logits: Tensor, masks: Tensor) -> Tensor:
     return total / (masks != IGNORE_INDEX).sum().clamp(min=1)
 
 
-class BridgeSegmentor(Segmentor):
+class BridgeSegmentor(SegmentationModel):
     """The paper's method: backbone → BridgeFusion(C5, text) → Semantic FPN → cosine to the fused text tokens."""
 
     method = "bridge"
@@ -522,7 +446,7 @@ class BridgeSegmentor(Segmentor):
         return {"logits": self.head(embeddings, tokens), "aux": scores}
 
 
-class LSegSegmentor(Segmentor):
+class LSegSegmentor(SegmentationModel):
     """LSeg: pixel embeddings matched to the text embeddings by cosine, with spatial regularisation blocks."""
 
     method = "lseg"
@@ -544,7 +468,7 @@ class LSegSegmentor(Segmentor):
         return {"logits": self.regularization(self.head(embeddings, text_embeddings)), "aux": None}
 
 
-class DenseCLIPSegmentor(Segmentor):
+class DenseCLIPSegmentor(SegmentationModel):
     """DenseCLIP for a given backbone: dense attention pool, context-aware prompting, score map on C5.
 
     With an open_clip ResNet backbone and a text encoder of the same embedding size, CLIP's own attention pool
@@ -588,7 +512,7 @@ class DenseCLIPSegmentor(Segmentor):
         return {"logits": self.head(embeddings), "aux": scores}
 
 
-class FPNSegmentor(Segmentor):
+class FPNSegmentor(SegmentationModel):
     """The language-free baseline: backbone, Semantic FPN and a 1×1 conv classifier."""
 
     method = "fpn"
@@ -602,6 +526,8 @@ class FPNSegmentor(Segmentor):
         return {"logits": self.head(self.decoder(self.backbone(images))), "aux": None}
 
 
-SEGMENTORS: dict[str, type[Segmentor]] = {
+SEGMENTORS: dict[str, type[SegmentationModel]] = {
     cls.method: cls for cls in (BridgeSegmentor, DenseCLIPSegmentor, LSegSegmentor, FPNSegmentor)
 }
+
+__getattr__ = renamed(__name__, {"Segmentor": ("SegmentationModel", SegmentationModel)})

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bridgeseg.vocabulary import validate_class_names
+
 __all__ = ["DEFAULT_TEMPLATES", "TextEncoder", "create_text_encoder", "list_text_encoders"]
 
 logger = logging.getLogger(__name__)
@@ -181,7 +183,7 @@ class TextEncoder(nn.Module):
             ValueError: If the class list is empty or has blank or duplicate names, or a template lacks
                 ``"{}"``.
         """
-        names = _check_class_names(class_names)
+        names = validate_class_names(class_names)
         if self.has_learnable_context:
             if templates is not None and not self._warned_unused_templates:
                 # Once per encoder: callers that always pass their templates would otherwise flood the log.
@@ -445,25 +447,6 @@ def create_text_encoder(
 
 def _valid_forms() -> str:
     return ", ".join(repr(form) for form in list_text_encoders())
-
-
-def _check_class_names(class_names: Sequence[str]) -> list[str]:
-    if isinstance(class_names, str):
-        raise ValueError(f"class_names must be a list of names, not one string; pass [{class_names!r}].")
-    names = list(class_names)
-    if not names:
-        raise ValueError("class_names is empty; pass at least one class name.")
-    stripped = []
-    for index, name in enumerate(names):
-        if not isinstance(name, str):
-            raise ValueError(f"Class name at index {index} is a {type(name).__name__}; pass names as strings.")
-        if not name.strip():
-            raise ValueError(f"Class name at index {index} is blank; give every class a name or drop it.")
-        stripped.append(name.strip())
-    duplicates = sorted({name for name in stripped if stripped.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"Duplicate class names {duplicates}; give each class a distinct name or merge them.")
-    return stripped
 
 
 def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:

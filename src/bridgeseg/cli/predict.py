@@ -1,0 +1,231 @@
+"""`bridgeseg predict`: segment image files, folders or globs with any class list.
+
+For each image `<stem>` it writes `<out>/<stem>_mask.png` (class indices; a palette PNG, or 16-bit beyond 256
+classes), `<out>/<stem>_overlay.png` (colours and a legend) and `<out>/<stem>.json` (size and the share of each
+class present). Unreadable images are reported and skipped. On a terminal a progress bar counts the images;
+otherwise (a log file, CI) one line is logged per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch import Tensor
+
+from bridgeseg.cli._options import add_checkpoint_argument, check_device
+from bridgeseg.errors import DatasetError, first_line
+from bridgeseg.images import IMAGE_EXTENSIONS, load_image
+from bridgeseg.io import write_atomically
+from bridgeseg.predictor import Prediction, Predictor
+from bridgeseg.visualize import overlay, palette
+from bridgeseg.vocabulary import parse_class_list
+
+logger = logging.getLogger(__name__)
+
+_PREDICT_EXTENSIONS = (*IMAGE_EXTENSIONS, ".webp")
+_MAX_STEM_LENGTH = 100
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("predict", help="segment images, folders or globs with any class list")
+    parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    add_checkpoint_argument(parser, "model folder, .safetensors, .ckpt or .onnx")
+    parser.add_argument("--out", required=True, help="output folder (nothing is written outside it)")
+    parser.add_argument("--classes", help='comma-separated class names, e.g. "sky,road,car" (default: the model\'s)')
+    parser.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    parser.add_argument("--crop-size", type=int, default=512, help="window side for --mode slide")
+    parser.add_argument("--stride", type=int, default=341, help="window stride for --mode slide")
+    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--device", default="cpu")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment every image, one at a time.
+
+    Returns:
+        0 when every image was segmented, 1 when some failed.
+
+    Raises:
+        CheckpointError: The checkpoint cannot be loaded.
+        ValueError: No image was found, or the class list, device or options are invalid.
+    """
+    classes = parse_class_list(args.classes)
+    inputs, problems = _collect_images(args.images)
+    if not inputs:
+        raise ValueError(f"no images found: {'; '.join(problems)}")
+    predictor = _load(args)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(len(inputs))
+    for problem in problems:
+        progress.error(problem)
+    written = failed = 0
+    for path, stem in zip(inputs, _output_stems(inputs), strict=True):
+        try:
+            image = load_image(path)
+        except (DatasetError, OSError) as error:
+            progress.error(str(error) if str(path) in str(error) else f"{path}: {error}")
+            failed += 1
+            progress.advance(path, ok=False)
+            continue
+        try:
+            prediction = predictor.predict(
+                image, classes=classes, mode=args.mode, tta=args.tta, crop_size=args.crop_size, stride=args.stride
+            )
+        except RuntimeError as error:  # e.g. out of memory on a huge image; the next one may fit
+            logger.debug("prediction failed", exc_info=True)
+            progress.error(f"{path}: prediction failed ({first_line(error)})")
+            failed += 1
+            progress.advance(path, ok=False)
+            continue
+        # A ValueError (bad class list or options) would fail for every image, so it ends the command.
+        _write_outputs(out_dir, stem, path, image, prediction)
+        written += 1
+        progress.advance(path, ok=True)
+        # Free this image's buffers before the next one is decoded: peak memory stays one image's worth.
+        del image, prediction
+    progress.close()
+    print(f"wrote results for {written} of {written + failed} images to {out_dir}")
+    if failed or problems:
+        print(f"{failed + len(problems)} input(s) failed; see the errors above", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _Progress:
+    """A tqdm bar on a terminal; one log line per image otherwise, so log files and CI show progress too."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.total = total
+        self.done = 0
+        self.started = time.perf_counter()
+        self.bar = tqdm(total=total, unit="image", desc="predict") if sys.stderr.isatty() else None
+
+    def error(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(f"error: {message}", file=sys.stderr)
+        else:
+            print(f"error: {message}", file=sys.stderr)
+
+    def advance(self, path: Path, ok: bool) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
+            return
+        elapsed = time.perf_counter() - self.started
+        logger.info("[%d/%d] %s %s (%.1f s)", self.done, self.total, path, "done" if ok else "failed", elapsed)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _load(args: argparse.Namespace) -> Predictor:
+    runtime = args.runtime
+    if runtime == "torch" and str(args.checkpoint).endswith(".onnx"):
+        logger.info("%s is an ONNX model: using the onnx runtime", args.checkpoint)
+        runtime = "onnx"
+    try:
+        return Predictor.from_checkpoint(args.checkpoint, device=check_device(args.device), runtime=runtime)
+    except ImportError as error:
+        raise ValueError(
+            f"the onnx runtime is unavailable ({error}); install it with `pip install bridgeseg[onnx]`"
+        ) from error
+
+
+def _collect_images(patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Image files of the arguments (files as given, folders' images, glob matches), each once, in order.
+
+    Returns:
+        The files, and one problem line for each argument that gave no image.
+    """
+    found: dict[Path, Path] = {}
+    problems: list[str] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            images = [c for c in sorted(path.iterdir()) if c.is_file() and c.suffix.lower() in _PREDICT_EXTENSIONS]
+            if not images:
+                problems.append(f"{pattern}: no image in this folder ({', '.join(_PREDICT_EXTENSIONS)})")
+        elif path.exists():
+            images = [path]
+        elif glob.has_magic(pattern):
+            matches = (Path(match) for match in sorted(glob.glob(pattern)))
+            images = [m for m in matches if m.is_file() and m.suffix.lower() in _PREDICT_EXTENSIONS]
+            if not images:
+                problems.append(f"{pattern}: no image matches this pattern")
+        else:
+            images = []
+            problems.append(f"{pattern}: no such file or folder")
+        for image in images:
+            found.setdefault(image.resolve(), image)
+    return list(found.values()), problems
+
+
+def _output_stems(paths: Sequence[Path]) -> list[str]:
+    """A safe, distinct output name per input: no separators or parent references, suffixes on collisions."""
+    used: set[str] = set()
+    stems = []
+    for path in paths:
+        base = _sanitize_stem(path.name)
+        stem, number = base, 1
+        # Case-insensitive: on macOS and Windows "A" and "a" are the same file.
+        while stem.casefold() in used:
+            stem = f"{base}_{number}"
+            number += 1
+        used.add(stem.casefold())
+        stems.append(stem)
+    return stems
+
+
+def _sanitize_stem(name: str) -> str:
+    stem = Path(name).stem if Path(name).suffix.lower() in _PREDICT_EXTENSIONS else name
+    stem = re.sub(r"[^\w.-]+", "_", stem)
+    # No hidden files, no "." or "..", nothing that reads as an option.
+    stem = stem.strip("._-")[:_MAX_STEM_LENGTH]
+    return stem or "image"
+
+
+def _write_outputs(out_dir: Path, stem: str, path: Path, image: Tensor, prediction: Prediction) -> None:
+    labels = prediction.labels
+    num_classes = len(prediction.classes)
+    if num_classes <= 256:
+        mask = Image.fromarray(labels.astype(np.uint8))
+        mask.putpalette(palette(256).reshape(-1).tolist())
+    else:
+        mask = Image.fromarray(labels.astype(np.uint16))
+    mask_path = out_dir / f"{stem}_mask.png"
+    overlay_path = out_dir / f"{stem}_overlay.png"
+    json_path = out_dir / f"{stem}.json"
+    for target in (mask_path, overlay_path, json_path):
+        # The stems are sanitised; this guards the invariant.
+        if target.resolve().parent != out_dir.resolve():
+            raise ValueError(f"refusing to write {target} outside {out_dir}")
+    write_atomically(mask_path, lambda file: mask.save(file, format="PNG"))
+    rendered = overlay(image, labels, prediction.classes)
+    write_atomically(overlay_path, lambda file: rendered.save(file, format="PNG"))
+    summary = {
+        "image": str(path),
+        "width": int(labels.shape[1]),
+        "height": int(labels.shape[0]),
+        "mask": mask_path.name,
+        "overlay": overlay_path.name,
+        "label_names": list(prediction.classes),
+        "classes": prediction.areas(),
+    }
+    text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+    write_atomically(json_path, lambda file: file.write(text.encode("utf-8")))

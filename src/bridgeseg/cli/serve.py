@@ -1,0 +1,102 @@
+"""`bridgeseg serve`: the web app (`bridgeseg.app`) on a local port."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import socket
+from pathlib import Path
+
+from bridgeseg.cli._options import DEFAULT_CHECKPOINT, add_checkpoint_argument
+from bridgeseg.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'bridgeseg[app]'"
+MAX_CONNECTIONS = 32
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("serve", help="a local web page to try a model")
+    add_checkpoint_argument(parser, "model folder, .safetensors, .ckpt or .onnx")
+    parser.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.set_defaults(run=run)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as error:
+            raise UserError(f"cannot listen on {host}:{port} ({error.strerror}); pass another --port") from error
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the checkpoint and serve the page until Ctrl+C.
+
+    Args:
+        args: The parsed `serve` arguments: `checkpoint`, `host`, `port`.
+
+    Returns:
+        0 after a clean shutdown.
+
+    Raises:
+        UserError: The `app` extra is not installed, the checkpoint does not exist, or the port is taken.
+        CheckpointError: The checkpoint cannot be loaded.
+    """
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn
+    except ImportError as error:
+        raise UserError(f"the web app needs FastAPI, uvicorn and python-multipart ({error}); {INSTALL_HINT}") from error
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.exists():
+        if checkpoint == Path(DEFAULT_CHECKPOINT):
+            raise UserError(
+                f"no checkpoint at {checkpoint} (the demo model): run `bridgeseg demo` to train it, or pass "
+                "--checkpoint with a model folder, .safetensors, .ckpt or .onnx"
+            )
+        raise UserError(
+            f"no checkpoint at {checkpoint}: pass --checkpoint with a model folder, .safetensors or .ckpt "
+            f"(or run `bridgeseg demo` and use the demo model, {DEFAULT_CHECKPOINT})"
+        )
+    _check_port_free(args.host, args.port)
+    from bridgeseg.app import create_app
+    from bridgeseg.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    loopback = _is_loopback(args.host)
+    if not loopback:
+        logger.warning(
+            "listening on %s: anyone who can reach this machine can use the model; use --host 127.0.0.1 to "
+            "keep it local",
+            args.host,
+        )
+    app = create_app(predictor, checkpoint=str(checkpoint), allowed_hosts=_LOOPBACK_NAMES if loopback else None)
+    host_in_url = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
+    logger.info(
+        "serving %s (%s, %d classes) at http://%s:%d (Ctrl+C to stop)",
+        checkpoint,
+        predictor.method,
+        len(predictor.classes),
+        host_in_url,
+        args.port,
+    )
+    # The connection cap bounds the uploads held in memory at once; beyond it uvicorn answers 503.
+    uvicorn.run(app, host=args.host.strip("[]"), port=args.port, log_level="warning", limit_concurrency=MAX_CONNECTIONS)
+    return 0

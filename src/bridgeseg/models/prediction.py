@@ -1,0 +1,210 @@
+"""The one prediction loop, the padding rule, and the PyTorch backend.
+
+Every runtime answers one question: "logits for these images and these class embeddings". A backend does only
+that (`LogitsBackend`); `segment` does the rest for all of them: padding to the size the network takes, whole or
+sliding-window inference (as mmseg), flip and multi-scale test-time augmentation, and the arg-max or the averaged
+probabilities. `SegmentationModel.predict`, `bridgeseg.Predictor` and validation during training run this loop
+with `TorchBackend`; the ONNX Runtime backend lives in `bridgeseg.onnx`.
+
+The padding rule (`pad_to_multiple`): images are padded on the bottom and right with the model's mean colour,
+which is 0 after normalisation, and masks with `IGNORE_INDEX`, so padding never counts in a loss or a metric.
+The model owns it (`SegmentationModel.pad`): `loss` and `predict` both use it.
+
+Example:
+    >>> labels = segment(TorchBackend(model), images, model.text_embeddings(["sky", "cat"]))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from bridgeseg.models.segmentor import SegmentationModel
+
+__all__ = ["MODES", "LogitsBackend", "TorchBackend", "pad_to_multiple", "segment", "slide_windows"]
+
+MODES = ("whole", "slide")
+
+
+class LogitsBackend(Protocol):
+    """What a runtime provides to `segment`.
+
+    Attributes:
+        size_multiple: Image heights and widths `logits` takes must be multiples of this.
+        pixel_mean: The padding colour, [1, 3, 1, 1] in [0, 1] units (the normalisation mean).
+        device: Where images are sent.
+    """
+
+    size_multiple: int
+    pixel_mean: Tensor
+    device: torch.device
+
+    def logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
+        """Logits [B, K, H, W] of images [B, 3, H, W] in [0, 1] whose sides are multiples of `size_multiple`.
+
+        `text_embeddings` [K, Dt] are the classes' embeddings (None for text-free or fixed-vocabulary models).
+        """
+        ...
+
+
+def pad_to_multiple(tensor: Tensor, multiple: int, fill: float | Tensor) -> Tensor:
+    """Pad the bottom and right of `tensor` [..., H, W] up to multiples of `multiple`.
+
+    Args:
+        tensor: Images [B, 3, H, W] or masks [B, H, W].
+        multiple: The size multiple.
+        fill: The padding value: the mean colour [1, 3, 1, 1] for images, `IGNORE_INDEX` for masks. The inside is
+            copied as it is (not recomputed), so padding never changes a pixel.
+
+    Returns:
+        `tensor` itself when no padding is needed, else the padded copy.
+    """
+    height, width = tensor.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if not (pad_h or pad_w):
+        return tensor
+    padded = tensor.new_empty((*tensor.shape[:-2], height + pad_h, width + pad_w))
+    padded[...] = fill
+    padded[..., :height, :width] = tensor
+    return padded
+
+
+def slide_windows(height: int, width: int, crop_size: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """The windows (y1, y2, x1, x2) of mmseg's slide inference; the last row and column end at the border.
+
+    Raises:
+        ValueError: `crop_size` or `stride` is not positive.
+    """
+    if stride <= 0 or crop_size <= 0:
+        raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}")
+    rows = max(height - crop_size + stride - 1, 0) // stride + 1
+    cols = max(width - crop_size + stride - 1, 0) // stride + 1
+    windows = []
+    for row in range(rows):
+        for col in range(cols):
+            y2, x2 = min(row * stride + crop_size, height), min(col * stride + crop_size, width)
+            windows.append((max(y2 - crop_size, 0), y2, max(x2 - crop_size, 0), x2))
+    return windows
+
+
+def _padded_logits(backend: LogitsBackend, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
+    """Logits at the input size for images of any size: padded by the rule, cropped back."""
+    height, width = images.shape[-2:]
+    padded = pad_to_multiple(images, backend.size_multiple, backend.pixel_mean)
+    return backend.logits(padded, text_embeddings)[..., :height, :width]
+
+
+def _slide_logits(
+    backend: LogitsBackend, images: Tensor, text_embeddings: Tensor | None, crop_size: int, stride: int
+) -> Tensor:
+    """mmseg's slide inference: average the logits of overlapping windows."""
+    batch, _, height, width = images.shape
+    logits: Tensor | None = None  # [B, K, H, W], allocated once K is known
+    counts = images.new_zeros((1, 1, height, width))
+    for y1, y2, x1, x2 in slide_windows(height, width, crop_size, stride):
+        window = _padded_logits(backend, images[..., y1:y2, x1:x2], text_embeddings)
+        if logits is None:
+            logits = window.new_zeros((batch, window.shape[1], height, width))
+        logits[..., y1:y2, x1:x2] += window
+        counts[..., y1:y2, x1:x2] += 1
+    return logits.div_(counts)
+
+
+def segment(
+    backend: LogitsBackend,
+    images: Tensor,
+    text_embeddings: Tensor | None,
+    mode: str = "whole",
+    crop_size: int = 512,
+    stride: int = 341,
+    flip: bool = False,
+    scales: Sequence[float] | None = None,
+    output_size: tuple[int, int] | None = None,
+    return_probs: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Segment images with any backend. Call it without gradients (`torch.inference_mode`).
+
+    Args:
+        backend: The runtime.
+        images: [B, 3, H, W] or [3, H, W], scaled to [0, 1], any size.
+        text_embeddings: [K, Dt] for the backend (None for text-free or fixed-vocabulary models).
+        mode: "whole" (one pass) or "slide" (overlapping `crop_size` windows, `stride` apart, as mmseg).
+        crop_size: Window side for "slide".
+        stride: Window stride for "slide".
+        flip: Test-time augmentation: also segment the mirrored image.
+        scales: Test-time augmentation: resize the input by each factor (e.g. 0.75, 1.0, 1.25).
+        output_size: (height, width) of the result; default: the input's.
+        return_probs: Also return the per-class probabilities.
+
+    Returns:
+        Label map [B, H, W] (int64), and probabilities [B, K, H, W] when `return_probs`; the probabilities are
+        averaged over the augmented views.
+
+    Raises:
+        ValueError: Images of another shape, or an unknown mode.
+    """
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape [B, 3, H, W] or [3, H, W], got {tuple(images.shape)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown inference mode {mode!r}; use 'whole' or 'slide'")
+    output_size = tuple(output_size or images.shape[-2:])
+    images = images.to(device=backend.device, dtype=torch.float32)
+    # One view and no probabilities asked for: softmax keeps the order of the classes, so the labels are the
+    # arg-max of the logits; this skips a softmax over [B, K, H, W] (most of the time on a CPU with many classes).
+    labels_only = not return_probs and not flip and len(scales or (1.0,)) == 1
+    probs: Tensor | None = None
+    views = 0
+    for scale in scales or (1.0,):
+        scaled = images
+        if scale != 1.0:
+            scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+        for mirrored in (False, True) if flip else (False,):
+            view = scaled.flip(-1) if mirrored else scaled
+            if mode == "whole":
+                logits = _padded_logits(backend, view, text_embeddings)
+            else:
+                logits = _slide_logits(backend, view, text_embeddings, crop_size, stride)
+            if mirrored:
+                logits = logits.flip(-1)
+            if logits.shape[-2:] != output_size:
+                logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+            if labels_only:
+                return logits.argmax(dim=1)
+            view_probs = logits.float().softmax(dim=1)
+            probs = view_probs if probs is None else probs.add_(view_probs)  # [B, K, H, W]: no copies
+            views += 1
+    probs = probs.div_(views)
+    labels = probs.argmax(dim=1)
+    return (labels, probs) if return_probs else labels
+
+
+class TorchBackend:
+    """A `SegmentationModel` as a backend of `segment` (and of `bridgeseg.Predictor`).
+
+    Args:
+        model: The model; `segment` does not switch it to eval mode (`SegmentationModel.predict` does).
+    """
+
+    def __init__(self, model: SegmentationModel) -> None:
+        self.model = model
+        # Fixed when the model is built.
+        self.size_multiple, self.method, self.classes = model.output_stride, model.method, list(model.classes)
+        self.open_vocabulary, self.text_encoder_name = model.open_vocabulary, model.config.text_encoder
+
+    # The model may move between devices: these follow it.
+    pixel_mean = property(lambda self: self.model.pixel_mean)
+    device = property(lambda self: self.model.pixel_mean.device)
+
+    def text_embeddings(self, classes: Sequence[str] | None) -> Tensor | None:
+        """The classes' embeddings [K, Dt] (default: the model's); None for a text-free model."""
+        return self.model.text_embeddings(classes)
+
+    def logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
+        return self.model(images, text_embeddings)

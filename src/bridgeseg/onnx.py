@@ -1,0 +1,490 @@
+"""ONNX: export a model, check it against PyTorch, and run it with ONNX Runtime as a prediction backend.
+
+Two ONNX forms:
+
+- **fixed vocabulary**: one input ``images`` [B, 3, H, W] (float, scaled to [0, 1]); the text embeddings of the
+  class list are baked in as constants, so the text encoder is not needed at run time;
+- **open vocabulary** (``bridge`` and ``lseg`` models): a second input ``text_embeddings`` [K, Dt] with a dynamic K.
+
+Either way the output is ``logits`` [B, K, H, W], batch, height and width are dynamic (multiples of 32), and the
+model carries its metadata (class names, method, text encoder, ...) in ``metadata_props``, so
+:class:`OnnxBackend` needs nothing but the ``.onnx`` file. It answers the one question of the shared prediction
+loop (`bridgeseg.models.prediction`), "logits for these images and these class embeddings"; padding, slide,
+flip and the arg-max are the loop's, the same as with PyTorch.
+
+Example:
+    >>> export_onnx(model, "model.onnx")  # fixed vocabulary, the model's own classes  # doctest: +SKIP
+    >>> predictor = bridgeseg.Predictor.from_checkpoint("model.onnx")  # doctest: +SKIP
+    >>> prediction = predictor.predict("street.jpg")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bridgeseg.io import write_atomically
+from bridgeseg.models.text import create_text_encoder
+from bridgeseg.vocabulary import check_vocabulary
+
+__all__ = [
+    "EXPORTERS",
+    "SIZE_MULTIPLE",
+    "OnnxBackend",
+    "ParityReport",
+    "check_parity",
+    "export_onnx",
+    "read_metadata",
+]
+
+logger = logging.getLogger(__name__)
+
+SIZE_MULTIPLE = 32
+"""ONNX inputs must have heights and widths divisible by this (the backbones' output stride)."""
+
+EXPORTERS = ("torchscript", "dynamo")
+# Traced at this size: not square and with a C5 grid (2 x 3) that no positional grid equals, so size-dependent
+# branches (DenseCLIP's positional-embedding interpolation) take their general path in the trace.
+_TRACE_SIZE = (64, 96)
+_TRACE_BATCH = 2
+_PARITY_SIZES = ((64, 96), (128, 64))
+
+
+# ----------------------------------------------------------------------------------------------------- export
+
+
+class _FixedVocabulary(nn.Module):
+    """`images → logits` with the text embeddings held as a buffer (constants in the ONNX graph)."""
+
+    def __init__(self, model: nn.Module, text_embeddings: Tensor | None) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("text_embeddings", text_embeddings)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images, self.text_embeddings)
+
+
+class _TraceableMultiheadAttention(nn.Module):
+    """`nn.MultiheadAttention`'s arithmetic with every length read at run time.
+
+    The TorchScript tracer records the key length of `F.multi_head_attention_forward` as a constant, so an ONNX
+    graph traced at one image size fails at another (DenseCLIP's context decoder attends to the h·w pixels).
+    This stand-in shares the wrapped module's weights; only the unmasked, same-width case used here is covered.
+    """
+
+    def __init__(self, attention: nn.MultiheadAttention) -> None:
+        super().__init__()
+        if not attention._qkv_same_embed_dim or attention.bias_k is not None or attention.add_zero_attn:
+            raise ValueError("only nn.MultiheadAttention without kdim/vdim, bias_kv or add_zero_attn can be exported")
+        self.attention = attention
+        self.batch_first = attention.batch_first
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, None]:
+        if key_padding_mask is not None or attn_mask is not None or is_causal:
+            raise NotImplementedError("attention masks are not supported by the ONNX export")
+        attention = self.attention
+        if not self.batch_first:
+            query, key, value = (x.transpose(0, 1) for x in (query, key, value))
+        weights = attention.in_proj_weight.chunk(3)
+        biases = attention.in_proj_bias.chunk(3) if attention.in_proj_bias is not None else (None, None, None)
+        heads, head_dim = attention.num_heads, attention.head_dim
+
+        def split(x: Tensor) -> Tensor:  # [B, N, E] -> [B, heads, N, E / heads]
+            return x.reshape(x.shape[0], -1, heads, head_dim).transpose(1, 2)
+
+        q, k, v = (split(F.linear(x, w, b)) for x, w, b in zip((query, key, value), weights, biases, strict=True))
+        attended = F.scaled_dot_product_attention(q, k, v)
+        output = attention.out_proj(attended.transpose(1, 2).reshape(query.shape[0], -1, attention.embed_dim))
+        return (output if self.batch_first else output.transpose(0, 1)), None
+
+
+@contextlib.contextmanager
+def _traceable(model: nn.Module) -> Iterator[None]:
+    """Swap every `nn.MultiheadAttention` for its traceable twin while the block runs."""
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.MultiheadAttention):
+                setattr(parent, name, _TraceableMultiheadAttention(child))
+                swapped.append((parent, name, child))
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
+def _resolve_vocabulary(model: nn.Module, classes: Sequence[str] | None) -> tuple[list[str], Tensor | None]:
+    """Class names and their text embeddings [K, Dt] (None for text-free models); embeds new names if needed."""
+    hint = "drop --classes, or export a 'bridge' or 'lseg' model for another class list"
+    names = check_vocabulary(classes, model.classes, model.open_vocabulary, f"'{model.method}'", hint)
+    with torch.no_grad():
+        embeddings = model.text_embeddings(names)
+    return names, None if embeddings is None else embeddings.detach().float().clone()
+
+
+def _metadata(model: nn.Module, classes: list[str], embeddings: Tensor | None, open_vocab: bool) -> dict[str, str]:
+    config = model.config
+    metadata = {
+        "bridgeseg_format": "1",
+        "method": config.method,
+        "backbone": config.backbone,
+        "classes": json.dumps(classes),
+        "text_encoder": config.text_encoder if model.uses_text else "",
+        "text_dim": str(getattr(model, "text_dim", 0) if model.uses_text else 0),
+        "templates": json.dumps(config.templates),
+        "prompt_context": str(config.prompt_context),
+        "open_vocab": json.dumps(open_vocab),
+        "size_multiple": str(SIZE_MULTIPLE),
+        # The padding colour of the shared prediction loop: 0 after normalisation, as the model pads.
+        "pixel_mean": json.dumps([float(v) for v in model.pixel_mean.flatten().tolist()]),
+        "config": json.dumps(config.to_dict()),
+    }
+    if open_vocab and embeddings is not None:
+        # The default vocabulary's embeddings, so predicting with the training classes needs no text encoder.
+        metadata["class_embeddings"] = base64.b64encode(embeddings.cpu().numpy().astype("<f4").tobytes()).decode()
+    return metadata
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    open_vocab: bool = False,
+    classes: Sequence[str] | None = None,
+    opset: int = 18,
+    exporter: str = "torchscript",
+) -> Path:
+    """Export a segmentor to ONNX, with its metadata, checked by `onnx.checker`, written atomically.
+
+    Args:
+        model: A model (`bridgeseg.create_model` or `bridgeseg.load_model`).
+        path: Destination `.onnx` file.
+        open_vocab: Make the text embeddings [K, Dt] a second input with a dynamic K (open-vocabulary models
+            only); otherwise they are baked in as constants.
+        classes: Class names for the exported model (default: the model's). New names need an open-vocabulary
+            model and its text encoder; in the open form they are the default vocabulary stored in the metadata.
+        opset: ONNX opset version.
+        exporter: "torchscript" (`torch.onnx.export(dynamo=False)`, the default: fast and without extra
+            dependencies) or "dynamo" (`torch.export`, needs the `onnxscript` package).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: `open_vocab` or new `classes` for a closed-set model, or an unknown exporter.
+        ImportError: The `onnx` package (or `onnxscript` for the dynamo exporter) is missing.
+    """
+    import onnx
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
+    if open_vocab and not model.open_vocabulary:
+        raise ValueError(
+            f"'{model.method}' is closed-set and cannot be exported with open-vocabulary inputs; drop --open-vocab "
+            "(its classes are baked in), or use a 'bridge' or 'lseg' model"
+        )
+    classes, embeddings = _resolve_vocabulary(model, classes)
+    device = next(model.parameters()).device
+    images = torch.rand(_TRACE_BATCH, 3, *_TRACE_SIZE, device=device)
+    dims = {0: "batch", 2: "height", 3: "width"}
+    if open_vocab:
+        module: nn.Module = model
+        inputs: tuple[Tensor, ...] = (images, embeddings)
+        input_names = ["images", "text_embeddings"]
+        dynamic_axes = {"images": dims, "text_embeddings": {0: "num_classes"}, "logits": {**dims, 1: "num_classes"}}
+    else:
+        module = _FixedVocabulary(model, embeddings).eval()
+        inputs = (images,)
+        input_names = ["images"]
+        dynamic_axes = {"images": dims, "logits": dims}
+
+    was_training = model.training
+    model.eval()
+    try:
+        if exporter == "torchscript":
+            proto = _export_torchscript(module, inputs, input_names, dynamic_axes, opset)
+        else:
+            proto = _export_dynamo(module, inputs, input_names, open_vocab, opset)
+    finally:
+        model.train(was_training)
+
+    if not open_vocab:
+        # The tracer leaves the class count symbolic although the embeddings are constants.
+        class_dim = proto.graph.output[0].type.tensor_type.shape.dim[1]
+        class_dim.Clear()
+        class_dim.dim_value = len(classes)
+    existing = {prop.key: prop.value for prop in proto.metadata_props}
+    onnx.helper.set_model_props(proto, existing | _metadata(model, classes, embeddings, open_vocab))
+    proto.doc_string = f"bridgeseg {model.method} / {model.config.backbone}: images [B, 3, H, W] in [0, 1] → logits"
+    onnx.checker.check_model(proto)
+    serialized = proto.SerializeToString()
+    path = write_atomically(path, lambda file: file.write(serialized))
+    logger.debug("wrote %s (%s vocabulary, %d classes)", path, "open" if open_vocab else "fixed", len(classes))
+    return path
+
+
+def _export_names(input_names: list[str], opset: int) -> dict[str, Any]:
+    """The inputs' and the output's names and the opset: the same for both exporters."""
+    return {"input_names": input_names, "output_names": ["logits"], "opset_version": opset}
+
+
+def _export_torchscript(
+    module: nn.Module, inputs: tuple[Tensor, ...], input_names: list[str], dynamic_axes: dict, opset: int
+) -> Any:
+    import onnx
+
+    buffer = io.BytesIO()
+    with _traceable(module), warnings.catch_warnings():
+        # The legacy exporter's deprecation notice, and tracer warnings about shape checks that hold for every
+        # input whose sides are multiples of 32.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            inputs,
+            buffer,
+            dynamo=False,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+            **_export_names(input_names, opset),
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _export_dynamo(
+    module: nn.Module, inputs: tuple[Tensor, ...], input_names: list[str], open_vocab: bool, opset: int
+) -> Any:
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ImportError("the dynamo exporter needs onnxscript: pip install onnxscript") from error
+    from torch.export import Dim
+
+    height, width = Dim("height_32", min=1, max=512), Dim("width_32", min=1, max=512)
+    image_dims = {0: Dim("batch", min=1, max=1024), 2: SIZE_MULTIPLE * height, 3: SIZE_MULTIPLE * width}
+    dynamic_shapes: tuple[dict, ...] = (image_dims,)
+    if open_vocab:
+        dynamic_shapes = (image_dims, {0: Dim("num_classes", min=1, max=65536)})
+    program = torch.onnx.export(
+        module,
+        inputs,
+        dynamo=True,
+        dynamic_shapes=dynamic_shapes,
+        verbose=False,
+        **_export_names(input_names, opset),
+    )
+    return program.model_proto
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The bridgeseg metadata of an exported model, decoded (lists, bools, ints, embeddings as an array).
+
+    Raises:
+        ValueError: The file has no bridgeseg metadata.
+    """
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return _decode_metadata({p.key: p.value for p in proto.metadata_props}, path)
+
+
+def _decode_metadata(raw: dict[str, str], path: str | os.PathLike[str]) -> dict[str, Any]:
+    if "bridgeseg_format" not in raw:
+        raise ValueError(f"{path} has no bridgeseg metadata; export it with `bridgeseg export --onnx`")
+    metadata: dict[str, Any] = dict(raw)
+    for key in ("classes", "templates", "open_vocab", "pixel_mean", "config"):
+        metadata[key] = json.loads(raw[key])
+    for key in ("text_dim", "prompt_context", "size_multiple"):
+        metadata[key] = int(raw[key])
+    if "class_embeddings" in raw:
+        values = np.frombuffer(base64.b64decode(raw["class_embeddings"]), dtype="<f4")
+        metadata["class_embeddings"] = values.reshape(len(metadata["classes"]), metadata["text_dim"]).copy()
+    return metadata
+
+
+# ----------------------------------------------------------------------------------------------------- parity
+
+
+@dataclasses.dataclass
+class ParityReport:
+    """How closely an ONNX model reproduces PyTorch.
+
+    Attributes:
+        max_abs_diff: Largest absolute logit difference over all sizes.
+        argmax_agreement: Fraction of pixels whose arg-max class agrees (worst size).
+        sizes: The (height, width) sizes checked.
+        num_classes: K of the check.
+    """
+
+    max_abs_diff: float
+    argmax_agreement: float
+    sizes: list[tuple[int, int]]
+    num_classes: int
+
+    def __str__(self) -> str:
+        sizes = ", ".join(f"{h}x{w}" for h, w in self.sizes)
+        return (
+            f"max |logit diff| {self.max_abs_diff:.2e}, argmax agreement {100 * self.argmax_agreement:.3f} % "
+            f"({self.num_classes} classes; {sizes})"
+        )
+
+
+@torch.inference_mode()
+def check_parity(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    text_embeddings: Tensor | None = None,
+    sizes: Sequence[tuple[int, int]] = _PARITY_SIZES,
+    batch: int = 1,
+    seed: int = 0,
+) -> ParityReport:
+    """Run the ONNX model with onnxruntime and the model with PyTorch on the same random images.
+
+    Args:
+        model: The model that was exported.
+        path: The `.onnx` file.
+        text_embeddings: [K, Dt] for both (fed to the ONNX model when it has a `text_embeddings` input); default:
+            the embeddings of the classes stored in the file's metadata.
+        sizes: (height, width) pairs, multiples of 32.
+        batch: Images per run.
+        seed: Seed of the random images.
+
+    Returns:
+        The worst differences over all sizes.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    metadata = _decode_metadata(session.get_modelmeta().custom_metadata_map, path)
+    if text_embeddings is None and model.uses_text:
+        text_embeddings = model.text_embeddings(metadata["classes"])
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    worst_diff, worst_agreement, num_classes = 0.0, 1.0, 0
+    try:
+        for height, width in sizes:
+            images = torch.rand(batch, 3, height, width, generator=generator)
+            embeddings = None if text_embeddings is None else text_embeddings.to(device)
+            expected = model(images.to(device), embeddings).float().cpu().numpy()
+            feed = {"images": images.numpy()}
+            if metadata["open_vocab"]:
+                feed["text_embeddings"] = text_embeddings.float().cpu().numpy()
+            actual = session.run(["logits"], feed)[0]
+            worst_diff = max(worst_diff, float(np.abs(actual - expected).max()))
+            worst_agreement = min(worst_agreement, float((actual.argmax(1) == expected.argmax(1)).mean()))
+            num_classes = expected.shape[1]
+    finally:
+        model.train(was_training)
+    return ParityReport(worst_diff, worst_agreement, [tuple(s) for s in sizes], num_classes)
+
+
+# ----------------------------------------------------------------------------------------------------- runtime
+
+
+class OnnxBackend:
+    """An exported model on ONNX Runtime, as a backend of the shared prediction loop and of `bridgeseg.Predictor`.
+
+    Args:
+        path: An `.onnx` file written by `export_onnx`.
+        providers: ONNX Runtime execution providers; default: CPU.
+        threads: Intra-op threads (ONNX Runtime's default when None).
+
+    Attributes:
+        classes: The default class names, in index order.
+        open_vocabulary: Whether other class lists are accepted.
+        metadata: The decoded metadata (see `read_metadata`).
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: The file has no bridgeseg metadata.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(
+        self, path: str | os.PathLike[str], providers: Sequence[str] | None = None, threads: int | None = None
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} not found; export one with `bridgeseg export --onnx {path}`")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.path = path
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+        self.metadata = _decode_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+        self.classes: list[str] = list(self.metadata["classes"])
+        self.open_vocabulary: bool = bool(self.metadata["open_vocab"])
+        self.method: str = self.metadata["method"]
+        self.text_encoder_name: str = self.metadata["text_encoder"]
+        self.size_multiple: int = self.metadata["size_multiple"]
+        self.pixel_mean = torch.tensor(self.metadata["pixel_mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self._text_encoder: Any = None
+
+    def __repr__(self) -> str:
+        vocabulary = "open" if self.open_vocabulary else "fixed"
+        return f"OnnxBackend({str(self.path)!r}, {self.method}, {vocabulary} vocabulary, {len(self.classes)} classes)"
+
+    def text_embeddings(self, classes: Sequence[str] | None) -> Tensor | None:
+        """The embeddings [K, Dt] to feed (None for a fixed-vocabulary model); default: the model's classes.
+
+        Raises:
+            ValueError: New classes for a fixed-vocabulary model, or for one whose prompt context was learned.
+        """
+        hint = (
+            "re-export it with `bridgeseg export --classes ...`, or with --open-vocab from a 'bridge' or 'lseg' "
+            "checkpoint"
+        )
+        names = check_vocabulary(
+            classes, self.classes, self.open_vocabulary, f"{self.path.name} (fixed vocabulary)", hint
+        )
+        if not self.open_vocabulary:
+            return None
+        if names == self.classes and "class_embeddings" in self.metadata:
+            return torch.from_numpy(self.metadata["class_embeddings"])
+        if self.metadata["prompt_context"]:
+            raise ValueError(
+                f"{self.path.name} learned its prompt context, which the ONNX file does not hold; embed the classes "
+                "with the PyTorch checkpoint, or export the new class list with `bridgeseg export --classes`"
+            )
+        if self._text_encoder is None:
+            self._text_encoder = create_text_encoder(self.text_encoder_name, templates=self.metadata["templates"])
+        with torch.no_grad():
+            return self._text_encoder.encode(names, self.metadata["templates"]).float().cpu()
+
+    def logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
+        """Logits [B, K, H, W] of images [B, 3, H, W] in [0, 1] whose sides are multiples of `size_multiple`."""
+        feed = {"images": np.ascontiguousarray(images.cpu().numpy(), dtype=np.float32)}
+        if self.open_vocabulary:
+            feed["text_embeddings"] = np.ascontiguousarray(text_embeddings.cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(["logits"], feed)[0])

@@ -1,0 +1,228 @@
+"""`Predictor`: segment any image with a trained model, on PyTorch or ONNX Runtime, with any class list.
+
+The two runtimes are backends of the one prediction loop (`bridgeseg.models.prediction.segment`): a
+`TorchBackend` around a `SegmentationModel`, or an `OnnxBackend` around an exported `.onnx` file. Images of any
+form go through `bridgeseg.images.to_tensor`, class lists through `bridgeseg.vocabulary`.
+
+Example:
+    >>> predictor = Predictor.from_checkpoint("outputs/demo/model")  # doctest: +SKIP
+    >>> prediction = predictor.predict("street.jpg", classes=["sky", "road", "car"])  # doctest: +SKIP
+    >>> prediction.labels.shape, prediction.areas()  # doctest: +SKIP
+    ((480, 640), {'road': 0.52, 'sky': 0.31, 'car': 0.17})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from huggingface_hub import ModelHubMixin
+from torch import Tensor
+
+from bridgeseg.checkpoints import CONFIG_NAME, WEIGHTS_NAME, load_model, save_checkpoint
+from bridgeseg.errors import first_line
+from bridgeseg.images import ImageInput, to_tensor
+from bridgeseg.models import SegmentationModel
+from bridgeseg.models.prediction import TorchBackend, segment
+from bridgeseg.vocabulary import describe_classes, validate_class_names
+
+__all__ = ["Prediction", "Predictor"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """The segmentation of one image.
+
+    Attributes:
+        labels: Class indices [H, W] (int64) at the input's size; index `i` is `classes[i]`.
+        classes: The class names used, in index order.
+        probs: Per-class probabilities [K, H, W] (float32), when asked for.
+    """
+
+    labels: np.ndarray
+    classes: list[str]
+    probs: np.ndarray | None = None
+
+    def areas(self) -> dict[str, float]:
+        """Share of the pixels of each class present, largest first; the shares sum to 1."""
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.classes))
+        total = max(int(self.labels.size), 1)
+        order = np.argsort(-counts, kind="stable")
+        return {self.classes[index]: float(counts[index]) / total for index in order if counts[index] > 0}
+
+
+class Predictor(
+    ModelHubMixin,
+    library_name="bridgeseg",
+    pipeline_tag="image-segmentation",
+    tags=["image-segmentation", "open-vocabulary-segmentation", "bridgeseg"],
+):
+    """Segment images of any kind with a trained model, with its classes or (open vocabulary) any others.
+
+    Args:
+        model: A `SegmentationModel` (run with PyTorch), or a backend such as `bridgeseg.onnx.OnnxBackend`.
+
+    Example:
+        >>> predictor = Predictor.from_checkpoint("outputs/demo/model")  # doctest: +SKIP
+        >>> predictor.predict(image, classes=["sky", "road", "car"]).areas()  # doctest: +SKIP
+        {'road': 0.52, 'sky': 0.31, 'car': 0.17}
+    """
+
+    def __init__(self, model: SegmentationModel | Any) -> None:
+        if isinstance(model, SegmentationModel):
+            model = TorchBackend(model.eval())
+        self.backend = model
+        self._text_encoder_error: str | None = None
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        runtime: str | None = None,
+        threads: int | None = None,
+    ) -> Predictor:
+        """Load a checkpoint folder, `.safetensors` or Lightning `.ckpt` (PyTorch), or an `.onnx` file.
+
+        Args:
+            path: The checkpoint (see `bridgeseg.load_model`) or exported model.
+            device: PyTorch device.
+            runtime: "torch" or "onnx"; default: "onnx" for `.onnx` files, else "torch".
+            threads: ONNX Runtime intra-op threads.
+
+        Raises:
+            CheckpointError: The checkpoint cannot be loaded safely.
+            ImportError: ONNX Runtime is not installed (`pip install 'bridgeseg[onnx]'`).
+        """
+        runtime = runtime or ("onnx" if str(path).endswith(".onnx") else "torch")
+        if runtime == "onnx":
+            from bridgeseg.onnx import OnnxBackend  # onnxruntime is an optional extra
+
+            return cls(OnnxBackend(path, threads=threads))
+        return cls(load_model(path, device=device))
+
+    @property
+    def model(self) -> SegmentationModel:
+        """The PyTorch model (PyTorch runtime only)."""
+        if not isinstance(self.backend, TorchBackend):
+            raise AttributeError(f"{self.backend!r} runs on ONNX Runtime and has no PyTorch model")
+        return self.backend.model
+
+    @property
+    def method(self) -> str:
+        return self.backend.method
+
+    @property
+    def classes(self) -> list[str]:
+        """The model's own class names, in index order."""
+        return list(self.backend.classes)
+
+    @property
+    def open_vocabulary(self) -> bool:
+        """Whether `predict` takes class names other than the model's."""
+        return bool(self.backend.open_vocabulary)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    def predict(
+        self,
+        image: ImageInput,
+        classes: Sequence[str] | None = None,
+        mode: str = "whole",
+        tta: bool = False,
+        crop_size: int = 512,
+        stride: int = 341,
+        scales: Sequence[float] | None = None,
+        return_probs: bool = False,
+    ) -> Prediction:
+        """Segment one image.
+
+        Args:
+            image: A path, file bytes, PIL image, numpy array or tensor (see `bridgeseg.images.to_tensor`); any size.
+            classes: Class names; default: the model's. New names need an open-vocabulary model ("bridge", "lseg",
+                or an open-vocabulary ONNX export) and its text encoder, which embeds them once and caches them.
+            mode: "whole" (one pass) or "slide" (overlapping `crop_size` windows `stride` apart).
+            tta: Also segment the mirrored image and average.
+            crop_size: Window side for "slide".
+            stride: Window stride for "slide".
+            scales: Also segment the image resized by each factor and average.
+            return_probs: Also return the per-class probabilities.
+
+        Returns:
+            The prediction, at the input's size.
+
+        Raises:
+            ValueError: Bad class list (closed-set model, duplicates, text encoder unavailable), mode or image.
+            DatasetError: An image file cannot be read.
+        """
+        names, text_embeddings = self._embed(classes)
+        tensor = to_tensor(image)
+        views = {"flip": tta, "scales": scales}
+        windows = {"mode": mode, "crop_size": crop_size, "stride": stride}
+        with torch.inference_mode():
+            output = segment(self.backend, tensor, text_embeddings, return_probs=return_probs, **views, **windows)
+        labels, probs = output if return_probs else (output, None)
+        return Prediction(
+            labels=labels[0].cpu().numpy(),
+            classes=names,
+            probs=None if probs is None else probs[0].float().cpu().numpy(),
+        )
+
+    def _embed(self, classes: Sequence[str] | None) -> tuple[list[str], Tensor | None]:
+        """Validate a class list and embed it, with a clear error when the text encoder is unavailable."""
+        names = self.classes if classes is None else validate_class_names(classes)
+        if names == self.classes:
+            return names, self.backend.text_embeddings(None)
+        if not self.open_vocabulary:
+            self.backend.text_embeddings(names)  # raises: each backend explains its closed-set refusal
+        if self._text_encoder_error is None:
+            try:
+                return names, self.backend.text_embeddings(names)  # embedded once, then cached by the encoder
+            except ValueError:
+                raise
+            except Exception as error:  # the encoder's loaders raise anything from OSError to HTTP errors
+                logger.debug("text encoder failed", exc_info=True)
+                self._text_encoder_error = first_line(error) or type(error).__name__
+        raise ValueError(
+            f"cannot embed new class names: the text encoder '{self.backend.text_encoder_name}' is unavailable "
+            f"({self._text_encoder_error}); the model's own classes still work ({describe_classes(self.classes, 8)}); "
+            "make the encoder available offline (e.g. a local 'hf:<dir>' or 'openclip:<arch>:<file>') to use other "
+            "names"
+        )
+
+    # -- Hugging Face Hub ---------------------------------------------------------------------------------------
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        save_checkpoint(self.model, save_directory)
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        device: str | torch.device = "cpu",
+        **hub_options: Any,
+    ) -> Predictor:
+        """Load a local checkpoint folder or download one from the Hub (only its two files)."""
+        if not Path(model_id).exists():
+            from huggingface_hub import snapshot_download
+
+            download = {"revision": revision, "cache_dir": cache_dir, "token": token}
+            download |= {"force_download": force_download, "local_files_only": local_files_only}
+            model_id = snapshot_download(repo_id=model_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **download)
+        return cls.from_checkpoint(model_id, device=device)
