@@ -79,3 +79,44 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     graph.add_import(importer="b", imported="a")
     graph.add_import(importer="b", imported="c")
     assert _cycles(graph) == [["a", "b"]]
+
+
+def test_public_api_at_the_top_level() -> None:
+    import warnings
+
+    import pytest
+
+    import bridgeseg
+    from bridgeseg.checkpoints import load_model, save_checkpoint
+    from bridgeseg.models import SegmentationModel, create_model
+    from bridgeseg.predictor import Prediction, Predictor
+
+    assert bridgeseg.create_model is create_model and bridgeseg.SegmentationModel is SegmentationModel
+    assert bridgeseg.load_model is load_model and bridgeseg.save_checkpoint is save_checkpoint
+    assert bridgeseg.Predictor is Predictor and bridgeseg.Prediction is Prediction
+    with pytest.warns(DeprecationWarning, match="bridgeseg.Segmenter is now bridgeseg.Predictor"):
+        assert bridgeseg.Segmenter is Predictor
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(AttributeError, match="no attribute 'Segmentr'"):
+            bridgeseg.Segmentr  # noqa: B018
+
+
+def test_old_paths_warn_and_still_work() -> None:
+    import importlib
+    import sys
+
+    import pytest
+
+    from bridgeseg.checkpoints import load_model
+    from bridgeseg.engine.lightning import run_lightning_cli
+    from bridgeseg.predictor import Predictor
+
+    for name in ("bridgeseg.inference", "bridgeseg.export", "bridgeseg.engine.cli"):
+        sys.modules.pop(name, None)
+        with pytest.warns(DeprecationWarning, match="next release"):
+            module = importlib.import_module(name)
+        assert module.__name__ == name
+    assert sys.modules["bridgeseg.inference"].Segmenter is Predictor
+    assert sys.modules["bridgeseg.inference"].load_segmentor is load_model
+    assert sys.modules["bridgeseg.engine.cli"].run_lightning_cli is run_lightning_cli

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from bridgeseg.configs import CONFIG_DIR
 from bridgeseg.demo import DEMO_CONFIG, ensure_mosaic, run_demo
 from bridgeseg.engine.lightning import run_lightning_cli
 
-REPO = Path(__file__).resolve().parents[1]
-MOSAIC_CONFIGS = sorted((REPO / "configs" / "mosaic").glob("*.yaml"))
+MOSAIC_CONFIGS = sorted((CONFIG_DIR / "mosaic").glob("*.yaml"))
 
 
 def test_quick_demo_writes_metrics_checkpoint_and_overlays(tmp_path: Path) -> None:
@@ -64,5 +64,8 @@ def test_shipped_mosaic_configs_parse_and_build(config: Path, tmp_path: Path) ->
 
 
 def test_demo_config_is_shipped() -> None:
+    # Package data, so a wheel install runs the same recipe; a checkout reaches it through configs/mosaic too.
     assert DEMO_CONFIG.is_file()
     assert DEMO_CONFIG in MOSAIC_CONFIGS
+    checkout_path = Path(__file__).resolve().parents[1] / "configs" / "mosaic" / DEMO_CONFIG.name
+    assert checkout_path.resolve() == DEMO_CONFIG.resolve()

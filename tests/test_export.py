@@ -212,7 +212,6 @@ def _args(**values: object) -> argparse.Namespace:
 
 def test_export_command(exported: dict, tmp_path, monkeypatch, capsys) -> None:
     from bridgeseg.cli import export
-    from bridgeseg.errors import UserError
 
     model = exported[("lseg", True)][0]
     monkeypatch.setattr(export, "load_model", lambda path, device="cpu": model)
@@ -223,7 +222,7 @@ def test_export_command(exported: dict, tmp_path, monkeypatch, capsys) -> None:
 
     fpn = exported[("fpn", False)][0]
     monkeypatch.setattr(export, "load_model", lambda path, device="cpu": fpn)
-    with pytest.raises(UserError, match="closed-set"):
+    with pytest.raises(ValueError, match="closed-set and cannot be exported with open-vocabulary inputs"):
         export_command(_args(onnx=str(tmp_path / "f.onnx"), open_vocab=True))
     with pytest.raises(ValueError, match="closed-set"):
         export_command(_args(onnx=str(tmp_path / "f.onnx"), classes="dog,tree"))

@@ -138,3 +138,21 @@ def test_user_errors_are_one_line_with_exit_code_2(checkpoint: Path, tmp_path: P
     # Nothing found at all is a usage error; a missing input among good ones is a failure.
     assert predict(checkpoint, tmp_path / "out", tmp_path / "empty_dir", tmp_path / "*.nothing") == 2
     assert predict(checkpoint, tmp_path / "out", image, tmp_path / "typo.png") == 1
+
+
+def test_progress_is_logged_per_image_when_not_on_a_terminal(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    images = [write_image(tmp_path / f"{name}.png", seed=seed) for seed, name in enumerate("ab")]
+    caplog.set_level("INFO", logger="bridgeseg.cli.predict")
+    assert predict(checkpoint, tmp_path / "out", *images) == 0  # pytest's stderr is not a terminal: no bar
+    lines = [record.getMessage() for record in caplog.records if record.name == "bridgeseg.cli.predict"]
+    assert [line.split(" (")[0] for line in lines] == [f"[1/2] {images[0]} done", f"[2/2] {images[1]} done"]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from bridgeseg import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"bridgeseg {__version__}"

@@ -57,3 +57,21 @@ def test_config_builds_and_trains_one_step(config: Path, data_root: Path, tmp_pa
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)
+
+
+def test_shipped_configs_are_found_by_name(tmp_path: Path) -> None:
+    from bridgeseg.configs import resolve_config
+
+    shipped = CONFIG_DIR / "mosaic" / "bridge_efficientnet_lite0_128x128_600.yaml"
+    assert resolve_config("mosaic/bridge_efficientnet_lite0_128x128_600.yaml") == shipped
+    # The path of a source checkout and a name without ".yaml" name the same config.
+    assert resolve_config("configs/mosaic/bridge_efficientnet_lite0_128x128_600") == shipped
+    own = tmp_path / "mosaic" / "bridge_efficientnet_lite0_128x128_600.yaml"
+    own.parent.mkdir()
+    own.write_text("seed_everything: 1\n")
+    assert resolve_config(own) == own  # a file of your own wins
+    with pytest.raises(FileNotFoundError, match=r"no shipped config of that name; shipped configs: ade20k/"):
+        resolve_config("mosaic/unknown.yaml")
+    # Names stay inside the shipped folder (this one would lead back to the same file through "..").
+    with pytest.raises(FileNotFoundError, match="no shipped config"):
+        resolve_config("../configs/mosaic/bridge_efficientnet_lite0_128x128_600.yaml")

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     Raises:
         UserError: Missing or contradictory arguments.
-        ValueError: A closed-set model with --open-vocab or new classes.
+        ValueError: A closed-set model with --open-vocab or new classes (`export_onnx` says so).
     """
     fmt = args.format or ("onnx" if args.onnx else None)
     if fmt is None:
@@ -51,11 +51,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--out is for --format safetensors; give the ONNX file with --onnx FILE")
     model = load_model(args.checkpoint)
     classes = parse_class_list(args.classes)
-    if args.open_vocab and not model.open_vocabulary:
-        raise UserError(
-            f"'{model.method}' is closed-set and cannot be exported with --open-vocab; drop --open-vocab "
-            "(its classes are baked in), or use a 'bridge' or 'lseg' checkpoint"
-        )
     from bridgeseg.onnx import check_parity, export_onnx  # onnx is an optional extra
 
     path = export_onnx(model, args.onnx, open_vocab=args.open_vocab, classes=classes, opset=args.opset)

@@ -28,6 +28,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from bridgeseg.vocabulary import IGNORE_INDEX
+
 __all__ = [
     "CatMaxRandomCrop",
     "PadToSize",
@@ -172,7 +174,7 @@ class CatMaxRandomCrop(v2.Transform):
         self,
         size: int | tuple[int, int],
         cat_max_ratio: float = 0.75,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         max_attempts: int = 10,
     ) -> None:
         super().__init__()
@@ -272,13 +274,17 @@ class PhotoMetricDistortion(v2.Transform):
 class PadToSize(v2.Transform):
     """Pad bottom and right up to ``size``: image with ``image_fill``, mask with ``mask_fill`` (ignore).
 
+    This is the training augmentation's padding (crops smaller than the crop size, black as the recipe was trained
+    with), not the model's padding rule: `SegmentationModel.pad` pads to a multiple of the output stride with the
+    mean colour, in `loss` and `predict`.
+
     Args:
         size: Minimum output size, ``int`` or ``(height, width)``.
         image_fill: Image padding value (0 = black, in ``[0, 1]`` units).
         mask_fill: Mask padding label (255 = ignore, so padding never counts in the loss).
     """
 
-    def __init__(self, size: int | tuple[int, int], image_fill: float = 0.0, mask_fill: int = 255) -> None:
+    def __init__(self, size: int | tuple[int, int], image_fill: float = 0.0, mask_fill: int = IGNORE_INDEX) -> None:
         super().__init__()
         self.size = _pair(size, "pad size")
         self.image_fill = image_fill
@@ -340,7 +346,7 @@ def build_train_transforms(
     cat_max_ratio: float = 0.75,
     flip_prob: float = 0.5,
     photometric: bool = True,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     base_size: int | tuple[int, int] | None = None,
 ) -> v2.Compose:
     """The mmseg training pipeline: random resize, category-balanced random crop, flip, photometric, pad.

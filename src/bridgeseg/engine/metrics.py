@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
+from bridgeseg.vocabulary import IGNORE_INDEX
+
 __all__ = ["SegmentationMetric", "format_table"]
 
 
@@ -48,7 +50,7 @@ class SegmentationMetric(Metric):
     pred_area: torch.Tensor
     label_area: torch.Tensor
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs: Any) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if num_classes <= 0:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
