@@ -306,7 +306,7 @@ def _vocabulary_metrics(
     import numpy as np
     import torch
 
-    from bridgeseg.data.datasets import load_image, load_mask
+    from bridgeseg.images import load_image, load_mask
     from bridgeseg.engine.metrics import SegmentationMetric
 
     images = sorted((data_dir / "images" / "val").glob("*.png"))
