@@ -306,8 +306,8 @@ def _vocabulary_metrics(
     import numpy as np
     import torch
 
-    from bridgeseg.images import load_image, load_mask
     from bridgeseg.engine.metrics import SegmentationMetric
+    from bridgeseg.images import load_image, load_mask
 
     images = sorted((data_dir / "images" / "val").glob("*.png"))
     samples = [(load_image(path), load_mask(data_dir / "masks" / "val" / path.name)) for path in images]
@@ -418,6 +418,15 @@ def _execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
         }
     elif run.backbone == DECISION_BACKBONE[0] and run.variant == "default":
         record["vocabulary"] = _vocabulary_metrics(model, data_dir, classes, paraphrases)
+    # How much of each residual update the trained fusion module lets through (identity start begins at 1e-4):
+    # near 1e-4 after training means the bridge is not used.
+    scales = {
+        name.removesuffix(".gamma"): round(float(parameter.detach().abs().mean()), 5)
+        for name, parameter in model.named_parameters()
+        if name.endswith("_scale.gamma")
+    }
+    if scales:
+        record["layer_scales"] = scales
     cost = cost_report(model, budget.crop_size)
     measured_steps = budget.iterations - warmup_steps
     images_per_s = measured_steps * budget.batch_size / (timer.end - timer.start) if timer.end and timer.start else None
