@@ -1,0 +1,143 @@
+"""benchmarks/compare.py: the plan, the statistics, the held-out data and the tables, on synthetic records."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("compare_benchmark", REPO / "benchmarks" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_difference_matches_scipy(compare) -> None:
+    a, b = [60.0, 59.5, 61.0, 58.0, 60.5], [59.0, 59.0, 59.5, 57.5, 58.0]
+    result = compare.paired_difference(a, b)
+    diffs = np.subtract(a, b)
+    assert result["differences"] == [round(d, 2) for d in diffs]
+    assert result["mean"] == pytest.approx(diffs.mean(), abs=0.005)
+    assert result["t_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    low, high = result["ci95"]
+    half = stats.t.ppf(0.975, 4) * diffs.std(ddof=1) / np.sqrt(5)
+    assert (low, high) == pytest.approx((diffs.mean() - half, diffs.mean() + half), abs=0.006)
+    # All five differences positive: the smallest two-sided p the exact Wilcoxon test can give with 5 pairs.
+    assert result["wilcoxon_p"] == pytest.approx(2 / 2**5)
+
+
+def test_paired_difference_degenerate_cases(compare) -> None:
+    assert compare.paired_difference([1.0], [0.5])["t_p"] is None
+    same = compare.paired_difference([1.0, 2.0], [0.0, 1.0])
+    assert same["mean"] == 1.0 and same["ci95"] == [1.0, 1.0] and same["t_p"] is None
+
+
+def _args(compare, *argv: str):
+    return compare.build_parser().parse_args(list(argv))
+
+
+def test_plan_interleaves_seeds_and_shares_identical_runs(compare) -> None:
+    the_plan = compare.plan(_args(compare, "--studies", "decision", "curve", "--seeds", "0", "1"))
+    runs = the_plan.ordered_runs()
+    decision = the_plan.studies["decision"]
+    assert [run.seed for run in decision[:8]] == [0] * 4 + [1] * 4  # complete pairs first
+    assert {run.dataset for run in decision} == {"mosaic", "mosaic_hard"}
+    names = [run.name for run in runs]
+    assert len(names) == len(set(names))
+    # The curve's 600-iteration runs are the decision runs of seed 0: planned once.
+    curve_600 = [run.name for run in the_plan.studies["curve"] if run.budget.iterations == 600]
+    assert curve_600 and set(curve_600) <= {run.name for run in decision}
+    assert len(runs) == len(decision) + 6  # 200, 1200, 2400 for bridge and fpn
+
+
+def test_a_budget_flag_changes_every_run_name(compare) -> None:
+    default = compare.plan(_args(compare, "--studies", "decision")).ordered_runs()
+    other = compare.plan(_args(compare, "--studies", "decision", "--lr", "3e-4")).ordered_runs()
+    assert not {run.name for run in default} & {run.name for run in other}
+
+
+def _record(run, miou: float) -> dict:
+    return {
+        "run": run.name,
+        "method": run.method,
+        "backbone": run.backbone,
+        "dataset": run.dataset,
+        "seed": run.seed,
+        "variant": run.variant,
+        "mIoU": miou,
+        "params": 1_000_000,
+        "flops": 1_000_000_000,
+        "wall_time_s": 100.0,
+        "finished": "2026-01-01T00:00:00",
+        "vocabulary": {"mIoU_train_names": miou, "mIoU_paraphrased": miou / 2, "mIoU_subset_mean": miou + 10},
+    }
+
+
+def test_aggregate_and_markdown_from_records(compare, tmp_path: Path) -> None:
+    args = _args(compare, "--studies", "decision", "--datasets", "mosaic", "--seeds", "0", "1", "2")
+    the_plan = compare.plan(args)
+    offsets = {"bridge": 2.0, "denseclip": 0.0, "lseg": 1.0, "fpn": 1.5}
+    for run in the_plan.ordered_runs():
+        miou = 50.0 + offsets[run.method] + 0.1 * run.seed * (run.method == "bridge")
+        (tmp_path / f"{run.name}.json").write_text(json.dumps(_record(run, miou)))
+    summary = compare.aggregate(the_plan, tmp_path, compare.Budget())
+    assert summary["complete"] and summary["finished_runs"] == 12
+    paired = {row["comparison"]: row for row in summary["paired"]}
+    assert paired["bridge - denseclip"]["differences"] == [2.0, 2.1, 2.2]
+    assert paired["bridge - denseclip"]["t_p"] < 0.01
+    vocabulary = {row["method"]: row for row in summary["vocabulary"]}
+    assert vocabulary["bridge"]["paraphrase_kept_percent"] == [50.0, 50.0, 50.0]
+    assert not vocabulary["fpn"]["open_vocabulary"]
+    markdown = compare.to_markdown(summary)
+    assert "| mosaic | bridge - denseclip | 3 | +2.00, +2.10, +2.20 | +2.10 |" in markdown
+    assert "PARTIAL" not in markdown
+    assert not compare.plot_curve(summary, tmp_path / "curve.png")  # no curve study: nothing to plot
+
+
+def test_learning_curve_plot(compare, tmp_path: Path) -> None:
+    the_plan = compare.plan(_args(compare, "--studies", "curve", "--curve-iterations", "200", "600"))
+    for run in the_plan.ordered_runs():
+        (tmp_path / f"{run.name}.json").write_text(json.dumps(_record(run, run.budget.iterations / 10)))
+    summary = compare.aggregate(the_plan, tmp_path, compare.Budget())
+    assert [(row["method"], row["iterations"]) for row in summary["curve"]] == [
+        ("bridge", 200),
+        ("fpn", 200),
+        ("bridge", 600),
+        ("fpn", 600),
+    ]
+    assert compare.plot_curve(summary, tmp_path / "curve.png")
+    assert Image.open(tmp_path / "curve.png").size[0] > 100
+
+
+def test_heldout_copy_ignores_the_held_out_classes_in_training_masks_only(compare, tmp_path: Path) -> None:
+    from bridgeseg.data.mosaic import generate_mosaic
+
+    source = generate_mosaic(tmp_path / "mosaic", num_train=6, num_val=3, size=32, seed=0)
+    compare._make_heldout(source, tmp_path / "heldout")
+    classes = (source / "classes.txt").read_text().splitlines()
+    heldout = {classes.index(name) for name in compare.HELDOUT_CLASSES}
+    seen_before = set()
+    for path in sorted((source / "masks" / "train").glob("*.png")):
+        before = np.array(Image.open(path))
+        after = np.array(Image.open(tmp_path / "heldout" / "masks" / "train" / path.name))
+        seen_before |= set(np.unique(before).tolist())
+        assert not heldout & set(np.unique(after).tolist())
+        keep = ~np.isin(before, list(heldout))
+        assert (after[keep] == before[keep]).all() and (after[~keep] == 255).all()
+    assert heldout & seen_before, "the tiny mosaic should contain a held-out class for this test to mean anything"
+    for path in sorted((source / "masks" / "val").glob("*.png")):
+        assert (
+            np.array(Image.open(path)) == np.array(Image.open(tmp_path / "heldout" / "masks" / "val" / path.name))
+        ).all()
