@@ -137,7 +137,7 @@ def test_user_errors_are_one_line_with_exit_code_2(checkpoint: Path, tmp_path: P
         assert code in (1, 2), message
     # Nothing found at all is a usage error; a missing input among good ones is a failure.
     assert predict(checkpoint, tmp_path / "out", tmp_path / "empty_dir", tmp_path / "*.nothing") == 2
-    assert predict(checkpoint, tmp_path / "out", image, tmp_path / "typo.png") == 1
+    assert predict(checkpoint, tmp_path / "fresh", image, tmp_path / "typo.png") == 1  # "out" holds x's results
 
 
 def test_progress_is_logged_per_image_when_not_on_a_terminal(

@@ -12,8 +12,10 @@ from elsewhere, so it works without a network) and a JSON API:
   answers the overlay as a PNG data URL, the share of each class and the model time in ms.
 
 Uploads are parsed in memory, never written to disk, and checked at the boundary: size (413), decompression
-bombs and pixel count, non-images, class lists (400). The model runs one request at a time; a few requests may
-wait for it, more are turned away with 503 rather than queued without bound.
+bombs, pixel count and aspect ratio as the model would process the image (padded), non-images, class lists (400).
+Cross-site posts are refused (403): a web page the user visits could otherwise post the form to the local server,
+as a form needs no preflight. The model runs one request at a time; a few requests may wait for it, more are
+turned away with 503 rather than queued without bound. A client that disconnects mid-upload is logged as one line.
 
 Images are decoded by `bridgeseg.images`, class lists parsed by `bridgeseg.vocabulary`, as everywhere else.
 
@@ -49,7 +51,16 @@ if TYPE_CHECKING:
 
     from bridgeseg.predictor import Predictor
 
-__all__ = ["EXAMPLES", "AppLimits", "ClientError", "Example", "create_app", "parse_class_list", "read_image"]
+__all__ = [
+    "EXAMPLES",
+    "AppLimits",
+    "ClientError",
+    "Example",
+    "check_same_origin",
+    "create_app",
+    "parse_class_list",
+    "read_image",
+]
 
 logger = logging.getLogger(__name__)
 # Formats a browser can upload and PIL decodes safely; anything else is "not an image" here.
@@ -71,8 +82,10 @@ class AppLimits:
     Attributes:
         max_upload_bytes: Largest image upload; the request may carry 64 KB more for the other form fields.
             Larger requests get 413.
-        max_pixels: Largest image, in pixels (width × height), that the model is asked to segment; PIL's own
-            decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) applies as well.
+        max_pixels: Largest image, in pixels, that the model is asked to segment, counted as the model processes
+            it: width × height after padding to its size multiple (a 1,048,576 × 1 strip counts 32 times over).
+            PIL's own decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) applies as well.
+        max_aspect_ratio: Largest ratio of the long to the short side, after padding.
         max_classes: Most class names per request.
         max_class_name_length: Longest class name, in characters.
         max_waiting: Requests that may wait while the model serves another; more get 503.
@@ -80,9 +93,11 @@ class AppLimits:
     """
 
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 4096 * 4096
-    max_classes: int = 100
-    max_class_name_length: int = 100
+    # About 7 s and 1.6 GB for the model on a CPU; a 1024 × 1024 image takes 1.7 s.
+    max_pixels: int = 2048 * 2048
+    max_aspect_ratio: float = images.MAX_ASPECT_RATIO
+    max_classes: int = vocabulary.MAX_CLASSES
+    max_class_name_length: int = vocabulary.MAX_CLASS_NAME_LENGTH
     max_waiting: int = 2
     wait_timeout_s: float = 60.0
 
@@ -132,24 +147,55 @@ def parse_class_list(text: str | None, default: Sequence[str], limits: AppLimits
     return list(default) if names is None else names
 
 
-def read_image(data: bytes, limits: AppLimits = AppLimits()) -> "Tensor":
+def read_image(data: bytes, limits: AppLimits = AppLimits(), size_multiple: int = 32) -> "Tensor":
     """Decode an uploaded image in memory (`bridgeseg.images.decode_bytes`), EXIF orientation applied.
 
     Args:
         data: The file's bytes.
-        limits: The pixel cap.
+        limits: The pixel and aspect-ratio caps.
+        size_multiple: The model pads images to multiples of this; the caps count the padded size.
 
     Returns:
         The image as float32 RGB [3, H, W] in [0, 1].
 
     Raises:
-        ClientError: 400 when the bytes are not an image of a supported format, the image is corrupt, or it has
-            more pixels than `limits.max_pixels` or PIL's decompression-bomb limit.
+        ClientError: 400 when the bytes are not an image of a supported format, the image is corrupt, or, as the
+            model would process it, it has more pixels than `limits.max_pixels` (or PIL's decompression-bomb
+            limit) or sides in a ratio over `limits.max_aspect_ratio`; checked on the header, before decoding.
     """
+    size_limits = images.SizeLimits(limits.max_pixels, limits.max_aspect_ratio, size_multiple)
     try:
-        return images.decode_bytes(data, IMAGE_FORMATS, limits.max_pixels)
+        return images.decode_bytes(data, IMAGE_FORMATS, limits=size_limits)
     except ImageError as error:
         raise ClientError(400, str(error)) from error
+
+
+def check_same_origin(headers: Any, host: str) -> None:
+    """Refuse a request a browser sent from another site (a form post from a page the user visits).
+
+    Browsers mark every request with `Sec-Fetch-Site` (recent ones) and cross-origin posts with `Origin`; the
+    page's own requests are "same-origin". Requests without either (curl, scripts) are not from a web page.
+
+    Args:
+        headers: The request's headers (case-insensitive mapping).
+        host: The `Host` the request was sent to.
+
+    Raises:
+        ClientError: 403 for a cross-site or cross-origin request.
+    """
+    site = headers.get("sec-fetch-site")
+    origin = headers.get("origin")
+    if site is not None:  # the browser's own verdict, when it gives one
+        if site.lower() in ("same-origin", "none"):
+            return
+        source = f"Sec-Fetch-Site: {site}"
+    elif origin is not None and (origin == "null" or urllib.parse.urlsplit(origin).netloc.lower() != host.lower()):
+        source = f"Origin: {origin}"
+    else:
+        return
+    raise ClientError(
+        403, f"cross-site request refused ({source}): use the page this server serves, or a client such as curl"
+    )
 
 
 def _png_data_url(image: Image.Image) -> str:
@@ -245,7 +291,7 @@ def _segment(predictor: "Predictor", request: _SegmentRequest, limits: AppLimits
 
     started = time.perf_counter()
     if request.image_bytes is not None:
-        image = read_image(request.image_bytes, limits)
+        image = read_image(request.image_bytes, limits, predictor.size_multiple)
     else:
         image = images.to_tensor(_example_image(request.example or ""))
     try:
@@ -397,7 +443,9 @@ def create_app(
         response = await call_next(request)
         response.headers["Content-Security-Policy"] = _CONTENT_SECURITY_POLICY
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        # Not "no-referrer": under it browsers send `Origin: null` with the page's own posts, which
+        # `check_same_origin` could not tell from a sandboxed page on another site.
+        response.headers["Referrer-Policy"] = "same-origin"
         response.headers["Cache-Control"] = "no-store"
         return response
 
@@ -429,6 +477,7 @@ def create_app(
 
     @app.post("/api/segment")
     async def segment(request: Request) -> dict[str, Any]:
+        check_same_origin(request.headers, request.headers.get("host", ""))
         # Before reading the upload too: a busy server need not receive 10 MB it will refuse.
         check_not_busy()
         body = await _read_body(request, limits.max_upload_bytes + _FORM_OVERHEAD_BYTES, limits)
@@ -479,11 +528,18 @@ async def _read_body(request: Any, cap: int, limits: AppLimits) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise too_large
+    from starlette.requests import ClientDisconnect
+
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect as error:
+        # A closed tab or a cancelled upload: nothing went wrong on the server, and no one reads the answer.
+        logger.info("the client disconnected during the upload (%d bytes received)", size)
+        raise ClientError(400, "the client disconnected before the upload was complete") from error
     return b"".join(chunks)

@@ -1,9 +1,10 @@
 """Images in: the one decoder for files, uploaded bytes, PIL images, arrays and tensors.
 
 Everything becomes float32 RGB ``[3, H, W]`` in ``[0, 1]``, the form every model takes. Files and bytes pass the
-same checks before a pixel is decoded: PIL's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`, never lifted)
-and an optional pixel cap; EXIF orientation is applied. Training, `bridgeseg predict`, the Python API and the
-web app all read images here.
+same checks before a pixel is decoded: PIL's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`, never lifted),
+an optional pixel cap, and for prediction the model's limits (`SizeLimits`: area and aspect ratio counted after
+padding and resizing, as the model will process the image); EXIF orientation is applied. Training, `bridgeseg
+predict`, the Python API and the web app all read images here.
 
 Example:
     >>> image = to_tensor("street.jpg")  # doctest: +SKIP
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,14 +31,19 @@ from bridgeseg.errors import DatasetError, DatasetNotFoundError, ImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_ASPECT_RATIO",
+    "MAX_MODEL_PIXELS",
     "TRANSPOSING_ORIENTATIONS",
     "FileInfo",
     "ImageInput",
+    "SizeLimits",
+    "check_size",
     "decode_bytes",
     "load_image",
     "load_mask",
     "open_image",
     "probe",
+    "processed_size",
     "to_tensor",
 ]
 
@@ -46,6 +53,72 @@ TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Tensor
+
+MAX_MODEL_PIXELS = 25_000_000
+"""Default cap on the area the model processes, counted after padding and resizing (a 6000×4000 photo fits)."""
+MAX_ASPECT_RATIO = 32.0
+"""Default cap on the ratio of the long to the short side the model processes, after padding."""
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """What the model may be asked to process, counted as it will process it: resized, then padded.
+
+    Padding to the size multiple turns a 1,048,576 × 1 image (a few hundred bytes of PNG) into 1,048,576 × 32
+    pixels, so the limits count the padded size; the aspect-ratio cap refuses such strips whatever their area.
+
+    Attributes:
+        max_pixels: Largest area, width × height after resizing and padding.
+        max_aspect_ratio: Largest ratio of the long side to the short side after resizing and padding.
+        size_multiple: The model pads both sides up to multiples of this (its output stride).
+        scale: The largest resize factor applied before the model (multi-scale test-time augmentation).
+    """
+
+    max_pixels: int = MAX_MODEL_PIXELS
+    max_aspect_ratio: float = MAX_ASPECT_RATIO
+    size_multiple: int = 32
+    scale: float = 1.0
+
+
+def processed_size(width: int, height: int, limits: SizeLimits) -> tuple[int, int]:
+    """The (width, height) the model processes for an image of `width` × `height`: resized, then padded."""
+    multiple = max(int(limits.size_multiple), 1)
+    scaled = (max(math.floor(side * limits.scale), 1) for side in (width, height))
+    padded_width, padded_height = (-(-side // multiple) * multiple for side in scaled)
+    return padded_width, padded_height
+
+
+def check_size(
+    width: int, height: int, limits: SizeLimits, source: str = "image", error: type[ValueError] = ImageError
+) -> None:
+    """Refuse an image the model would process at too large an area or too long a strip; nothing is allocated.
+
+    Args:
+        width: The image's width in pixels (from its header or its array).
+        height: Its height.
+        limits: The caps, and how the model pads and resizes.
+        source: How to name the image in the message (a path, "upload", "image").
+        error: The error type to raise.
+
+    Raises:
+        error: The padded area is over `limits.max_pixels` or its sides' ratio over `limits.max_aspect_ratio`.
+    """
+    padded_width, padded_height = processed_size(width, height, limits)
+    processed = f"the model processes it as {padded_width}×{padded_height}"
+    if limits.scale != 1.0:
+        processed += f" (resized by {limits.scale:g})"
+    ratio = max(padded_width, padded_height) / min(padded_width, padded_height)
+    if ratio > limits.max_aspect_ratio:
+        raise error(
+            f"{source}: the image is {width}×{height} pixels and {processed}, sides in a ratio of {ratio:.0f}:1, "
+            f"over the {limits.max_aspect_ratio:g}:1 accepted; crop it or split it into tiles"
+        )
+    area = padded_width * padded_height
+    if area > limits.max_pixels:
+        raise error(
+            f"{source}: the image is {width}×{height} pixels and {processed} = {area} pixels, over the "
+            f"{limits.max_pixels} accepted; downscale it or split it into tiles"
+        )
 
 
 @dataclass(frozen=True)
@@ -62,11 +135,18 @@ class FileInfo:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _check_pixels(image: Image.Image, error: type[ValueError], source: str, what: str, max_pixels: int | None) -> None:
+def _check_pixels(
+    image: Image.Image,
+    error: type[ValueError],
+    source: str,
+    what: str,
+    max_pixels: int | None,
+    limits: SizeLimits | None = None,
+) -> None:
     """Refuse an image whose header claims too many pixels, before any pixel is decoded.
 
     Raises:
-        error: Over PIL's decompression-bomb limit or over `max_pixels`.
+        error: Over PIL's decompression-bomb limit, over `max_pixels`, or too large for the model (`limits`).
     """
     width, height = image.size
     pixels = width * height
@@ -78,6 +158,8 @@ def _check_pixels(image: Image.Image, error: type[ValueError], source: str, what
             f"{source}: the {what} is {width}×{height} = {pixels} pixels, more than the {max_pixels} accepted; "
             "downscale it"
         )
+    if limits is not None:
+        check_size(width, height, limits, source, error)
 
 
 def _bomb_message(source: str, what: str, error: Exception | str) -> str:
@@ -91,9 +173,9 @@ def _bomb_message(source: str, what: str, error: Exception | str) -> str:
 
 @contextlib.contextmanager
 def open_image(
-    path: str | os.PathLike[str], what: str = "image", max_pixels: int | None = None
+    path: str | os.PathLike[str], what: str = "image", max_pixels: int | None = None, limits: SizeLimits | None = None
 ) -> Iterator[Image.Image]:
-    """Open an image or mask file lazily (header only), with the size guard.
+    """Open an image or mask file lazily (header only), with the size guard (and the model's limits, if given).
 
     Raises:
         DatasetNotFoundError: The file does not exist.
@@ -111,7 +193,7 @@ def open_image(
             f"{path}: cannot read {what} ({error}); the file is corrupt or not an image: replace it or remove it"
         ) from error
     with image:
-        _check_pixels(image, DatasetError, str(path), what, max_pixels)
+        _check_pixels(image, DatasetError, str(path), what, max_pixels, limits)
         yield image
 
 
@@ -200,7 +282,7 @@ def mask_to_array(image: Image.Image, source: str | os.PathLike[str]) -> np.ndar
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> Tensor:
+def load_image(path: str | os.PathLike[str], max_pixels: int | None = None, limits: SizeLimits | None = None) -> Tensor:
     """Read an image file as float32 RGB ``[3, H, W]`` in ``[0, 1]``, EXIF orientation applied.
 
     Greyscale, palette, RGBA (alpha dropped), CMYK and 16-bit images (scaled by 65535) are converted.
@@ -208,6 +290,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> T
     Args:
         path: Image file.
         max_pixels: Refuse images with more pixels than this (PIL's decompression-bomb limit applies anyway).
+        limits: Refuse images too large for the model as it will process them (checked on the header).
 
     Returns:
         The image tensor.
@@ -216,7 +299,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> T
         DatasetNotFoundError: The file is missing.
         DatasetError: The file is corrupt, not an image, or too large.
     """
-    with open_image(path, "image", max_pixels) as image:
+    with open_image(path, "image", max_pixels, limits) as image:
         decoded, _ = decode(image, path, "image")
         return pil_to_tensor(decoded, path)
 
@@ -232,13 +315,16 @@ def load_mask(path: str | os.PathLike[str]) -> Tensor:
         return torch.from_numpy(mask_to_array(decoded, path))
 
 
-def decode_bytes(data: bytes, formats: Sequence[str] | None = None, max_pixels: int | None = None) -> Tensor:
+def decode_bytes(
+    data: bytes, formats: Sequence[str] | None = None, max_pixels: int | None = None, limits: SizeLimits | None = None
+) -> Tensor:
     """Decode an image held in memory (an upload), EXIF orientation applied; nothing touches the disk.
 
     Args:
         data: The file's bytes.
         formats: PIL format names accepted (e.g. ``("PNG", "JPEG")``); default: any PIL decodes.
         max_pixels: Refuse images with more pixels than this.
+        limits: Refuse images too large for the model as it will process them (checked on the header).
 
     Returns:
         Float32 RGB [3, H, W] in [0, 1].
@@ -256,7 +342,7 @@ def decode_bytes(data: bytes, formats: Sequence[str] | None = None, max_pixels: 
         accepted = ", ".join(formats) if formats else "an image"
         raise ImageError(f"not an image: upload a {accepted} file") from error
     with image:
-        _check_pixels(image, ImageError, "upload", "image", max_pixels)
+        _check_pixels(image, ImageError, "upload", "image", max_pixels, limits)
         try:
             decoded, _ = decode(image, "upload", "image")
         except DatasetError as error:
@@ -264,7 +350,7 @@ def decode_bytes(data: bytes, formats: Sequence[str] | None = None, max_pixels: 
         return pil_to_tensor(decoded, "upload")
 
 
-def to_tensor(image: ImageInput, max_pixels: int | None = None) -> Tensor:
+def to_tensor(image: ImageInput, max_pixels: int | None = None, limits: SizeLimits | None = None) -> Tensor:
     """Any supported image as float32 RGB [3, H, W] in [0, 1].
 
     Args:
@@ -272,24 +358,32 @@ def to_tensor(image: ImageInput, max_pixels: int | None = None) -> Tensor:
             numpy array [H, W], [H, W, 3] or [H, W, 4] (alpha dropped) of uint8, uint16, bool or floats in [0, 1];
             or a tensor [3, H, W] (or [1, 3, H, W]) of floats in [0, 1] or uint8.
         max_pixels: Refuse files and bytes with more pixels than this.
+        limits: Refuse images of any form too large for the model as it will process them, before decoding or
+            converting them.
 
     Returns:
         The image tensor, on the input's device for tensors, else on the CPU.
 
     Raises:
-        DatasetError: A file cannot be read.
-        ImageError: Bytes, an array or a tensor of an unsupported form or value range.
+        DatasetError: A file cannot be read, or is too large for `limits`.
+        ImageError: Bytes, an array or a tensor of an unsupported form or value range, or too large for `limits`.
         TypeError: The input is of another type.
     """
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image, max_pixels)
+        return load_image(image, max_pixels, limits)
     if isinstance(image, (bytes, bytearray)):
-        return decode_bytes(bytes(image), max_pixels=max_pixels)
+        return decode_bytes(bytes(image), max_pixels=max_pixels, limits=limits)
     if isinstance(image, Image.Image):
+        if limits is not None:
+            check_size(*image.size, limits)
         return pil_to_tensor(image)
     if isinstance(image, np.ndarray):
+        if limits is not None and image.ndim >= 2 and image.shape[0] and image.shape[1]:
+            check_size(image.shape[1], image.shape[0], limits)
         return _array_to_tensor(image)
     if isinstance(image, Tensor):
+        if limits is not None and image.dim() >= 2 and image.shape[-1] and image.shape[-2]:
+            check_size(image.shape[-1], image.shape[-2], limits)
         return _check_tensor(image)
     raise TypeError(
         f"unsupported image type {type(image).__name__}; give a path, bytes, PIL image, numpy array or tensor"

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from bridgeseg.checkpoints import CONFIG_NAME, WEIGHTS_NAME, load_model, save_checkpoint
 from bridgeseg.errors import first_line
-from bridgeseg.images import ImageInput, to_tensor
+from bridgeseg.images import ImageInput, SizeLimits, to_tensor
 from bridgeseg.models import SegmentationModel
 from bridgeseg.models.prediction import TorchBackend, segment
 from bridgeseg.vocabulary import describe_classes, validate_class_names
@@ -35,6 +35,8 @@ from bridgeseg.vocabulary import describe_classes, validate_class_names
 __all__ = ["Prediction", "Predictor"]
 
 logger = logging.getLogger(__name__)
+
+_DEFAULT_LIMITS = SizeLimits()
 
 
 @dataclasses.dataclass
@@ -69,6 +71,8 @@ class Predictor(
 
     Args:
         model: A `SegmentationModel` (run with PyTorch), or a backend such as `bridgeseg.onnx.OnnxBackend`.
+        limits: The largest image the model is asked to process, counted after padding and resizing (area and
+            aspect ratio); images over it are refused before they are decoded. None: no limit but PIL's.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("outputs/demo/model")  # doctest: +SKIP
@@ -76,10 +80,11 @@ class Predictor(
         {'road': 0.52, 'sky': 0.31, 'car': 0.17}
     """
 
-    def __init__(self, model: SegmentationModel | Any) -> None:
+    def __init__(self, model: SegmentationModel | Any, limits: SizeLimits | None = _DEFAULT_LIMITS) -> None:
         if isinstance(model, SegmentationModel):
             model = TorchBackend(model.eval())
         self.backend = model
+        self.limits = limits
         self._text_encoder_error: str | None = None
 
     @classmethod
@@ -134,6 +139,18 @@ class Predictor(
     def device(self) -> torch.device:
         return self.backend.device
 
+    @property
+    def size_multiple(self) -> int:
+        """The model pads image sides to multiples of this."""
+        return int(self.backend.size_multiple)
+
+    def size_limits(self, scales: Sequence[float] | None = None) -> SizeLimits | None:
+        """The limits images are checked against: `limits` with this model's size multiple and resize factor."""
+        if self.limits is None:
+            return None
+        scale = max(1.0, *scales) if scales else 1.0
+        return dataclasses.replace(self.limits, size_multiple=self.size_multiple, scale=float(scale))
+
     def predict(
         self,
         image: ImageInput,
@@ -163,10 +180,11 @@ class Predictor(
 
         Raises:
             ValueError: Bad class list (closed-set model, duplicates, text encoder unavailable), mode or image.
-            DatasetError: An image file cannot be read.
+            ImageError: The image is too large for `limits` as the model would process it (padded, resized).
+            DatasetError: An image file cannot be read, or is too large.
         """
         names, text_embeddings = self._embed(classes)
-        tensor = to_tensor(image)
+        tensor = to_tensor(image, limits=self.size_limits(scales))
         views = {"flip": tta, "scales": scales}
         windows = {"mode": mode, "crop_size": crop_size, "stride": stride}
         with torch.inference_mode():

@@ -3,19 +3,37 @@
 Every caller (the models, the text encoders, the command line, the Python API, the web app and the ONNX runtime)
 checks class names here, so "cat " and "cat" mean the same class everywhere and every refusal reads the same.
 
+A name that holds a comma is quoted as in a CSV file, and one length cap holds for every caller, so a name
+that draws a 50,000-pixel-wide legend is refused wherever it comes from.
+
 Example:
     >>> parse_class_list("sky, road, car")
     ['sky', 'road', 'car']
+    >>> parse_class_list('"salt, pepper", cat')
+    ['salt, pepper', 'cat']
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 
-__all__ = ["IGNORE_INDEX", "check_vocabulary", "describe_classes", "parse_class_list", "validate_class_names"]
+__all__ = [
+    "IGNORE_INDEX",
+    "MAX_CLASSES",
+    "MAX_CLASS_NAME_LENGTH",
+    "check_vocabulary",
+    "describe_classes",
+    "parse_class_list",
+    "validate_class_names",
+]
 
 IGNORE_INDEX = 255
 """Mask label of pixels that carry no class: never counted in the loss or the metrics."""
+MAX_CLASS_NAME_LENGTH = 100
+"""Longest class name accepted anywhere (the CLI, the Python API, the web app, the models), in characters."""
+MAX_CLASSES = 100
+"""Most class names the web app takes per request."""
 
 
 def validate_class_names(classes: Sequence[str]) -> list[str]:
@@ -28,8 +46,8 @@ def validate_class_names(classes: Sequence[str]) -> list[str]:
         The names, stripped.
 
     Raises:
-        ValueError: `classes` is one string, empty, or has a non-string, blank or duplicate name (duplicates are
-            compared after stripping: "cat " is "cat").
+        ValueError: `classes` is one string, empty, or has a non-string, blank, duplicate or too long name
+            (duplicates are compared after stripping: "cat " is "cat"; at most `MAX_CLASS_NAME_LENGTH` characters).
     """
     if isinstance(classes, str):
         raise ValueError(f"classes must be a list of names, got the string {classes!r}; split it on commas first")
@@ -43,6 +61,7 @@ def validate_class_names(classes: Sequence[str]) -> list[str]:
     blank = [index for index, name in enumerate(names) if not name]
     if blank:
         raise ValueError(f"class names at positions {blank} are blank; remove them or give them a name")
+    _check_lengths(names, MAX_CLASS_NAME_LENGTH)
     seen: set[str] = set()
     duplicates = sorted({name for name in names if name in seen or seen.add(name)})
     if duplicates:
@@ -50,15 +69,27 @@ def validate_class_names(classes: Sequence[str]) -> list[str]:
     return names
 
 
+def _check_lengths(names: Sequence[str], max_length: int) -> None:
+    long_names = [name for name in names if len(name) > max_length]
+    if long_names:
+        raise ValueError(
+            f"class name {long_names[0][:40]!r}... is {len(long_names[0])} characters long, over the {max_length} "
+            "accepted; shorten it"
+        )
+
+
 def parse_class_list(
-    text: str | None, max_classes: int | None = None, max_length: int | None = None
+    text: str | None, max_classes: int | None = None, max_length: int = MAX_CLASS_NAME_LENGTH
 ) -> list[str] | None:
-    """Split a comma-separated class list (`--classes`, the web form) and validate it.
+    """Split a comma-separated class list (`--classes`, the web form, the Python API) and validate it.
+
+    Names are separated by commas; a name that holds a comma is put in double quotes, as in a CSV file
+    (``'"salt, pepper", cat'``).
 
     Args:
         text: E.g. ``"sky, road, car"``; None (not given) stays None, meaning the model's own classes.
         max_classes: Most names accepted, if capped.
-        max_length: Longest name accepted, in characters, if capped.
+        max_length: Longest name accepted, in characters (at most `MAX_CLASS_NAME_LENGTH`).
 
     Returns:
         The names, or None.
@@ -69,7 +100,9 @@ def parse_class_list(
     """
     if text is None:
         return None
-    names = [name.strip() for name in text.split(",")]
+    if "\n" in text or "\r" in text:
+        raise ValueError("the class list holds a line break; give the names on one line, separated by commas")
+    names = [name.strip() for name in next(csv.reader([text], skipinitialspace=True), [""])]
     if not any(names):
         raise ValueError("the class list is empty; give at least one class name")
     blank = [position for position, name in enumerate(names, start=1) if not name]
@@ -81,9 +114,7 @@ def parse_class_list(
         )
     if max_classes is not None and len(names) > max_classes:
         raise ValueError(f"{len(names)} class names; give at most {max_classes}")
-    long_names = [name for name in names if max_length is not None and len(name) > max_length]
-    if long_names:
-        raise ValueError(f"class name {long_names[0][:40]!r}... is longer than {max_length} characters")
+    _check_lengths(names, min(max_length, MAX_CLASS_NAME_LENGTH))
     return validate_class_names(names)
 
 

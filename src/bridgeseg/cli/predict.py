@@ -2,8 +2,13 @@
 
 For each image `<stem>` it writes `<out>/<stem>_mask.png` (class indices; a palette PNG, or 16-bit beyond 256
 classes), `<out>/<stem>_overlay.png` (colours and a legend) and `<out>/<stem>.json` (size and the share of each
-class present). Unreadable images are reported and skipped. On a terminal a progress bar counts the images;
-otherwise (a log file, CI) one line is logged per image.
+class present). Unreadable images, and images too large for the model as it would process them (padded to its
+size multiple), are reported and skipped. On a terminal a progress bar counts the images; otherwise (a log file,
+CI) one line is logged per image.
+
+It never replaces a file it did not write: existing outputs are refused before the model is loaded unless
+`--overwrite` is given, and an `--out` that is the folder of one of the inputs is refused (its outputs would mix
+with the inputs, replace files such as a ground-truth `x_mask.png`, and be segmented as inputs by the next run).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from bridgeseg.vocabulary import parse_class_list
 
 logger = logging.getLogger(__name__)
 
-_PREDICT_EXTENSIONS = (*IMAGE_EXTENSIONS, ".webp")
+# Every format `bridgeseg serve` takes: a file given by name and a folder's files are read alike.
+_PREDICT_EXTENSIONS = (*IMAGE_EXTENSIONS, ".webp", ".gif")
 _MAX_STEM_LENGTH = 100
 
 
@@ -40,8 +46,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("predict", help="segment images, folders or globs with any class list")
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     add_checkpoint_argument(parser, "model folder, .safetensors, .ckpt or .onnx")
-    parser.add_argument("--out", required=True, help="output folder (nothing is written outside it)")
-    parser.add_argument("--classes", help='comma-separated class names, e.g. "sky,road,car" (default: the model\'s)')
+    parser.add_argument(
+        "--out", required=True, help="output folder (nothing is written outside it; not an input's folder)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out")
+    parser.add_argument(
+        "--classes",
+        help='comma-separated class names, e.g. "sky,road,car"; quote a name holding a comma: \'"salt, pepper",cat\' '
+        "(default: the model's)",
+    )
     parser.add_argument("--mode", choices=["whole", "slide"], default="whole")
     parser.add_argument("--crop-size", type=int, default=512, help="window side for --mode slide")
     parser.add_argument("--stride", type=int, default=341, help="window stride for --mode slide")
@@ -59,22 +72,25 @@ def run(args: argparse.Namespace) -> int:
 
     Raises:
         CheckpointError: The checkpoint cannot be loaded.
-        ValueError: No image was found, or the class list, device or options are invalid.
+        ValueError: No image was found; the class list, device or options are invalid; `--out` is an input's
+            folder, or holds outputs already and `--overwrite` was not given.
     """
     classes = parse_class_list(args.classes)
     inputs, problems = _collect_images(args.images)
     if not inputs:
         raise ValueError(f"no images found: {'; '.join(problems)}")
-    predictor = _load(args)
     out_dir = Path(args.out)
+    stems = _output_stems(inputs)
+    _check_out_dir(out_dir, inputs, stems, args.overwrite)
+    predictor = _load(args)
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = _Progress(len(inputs))
     for problem in problems:
         progress.error(problem)
     written = failed = 0
-    for path, stem in zip(inputs, _output_stems(inputs), strict=True):
+    for path, stem in zip(inputs, stems, strict=True):
         try:
-            image = load_image(path)
+            image = load_image(path, limits=predictor.size_limits())
         except (DatasetError, OSError) as error:
             progress.error(str(error) if str(path) in str(error) else f"{path}: {error}")
             failed += 1
@@ -176,6 +192,35 @@ def _collect_images(patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
     return list(found.values()), problems
 
 
+def _output_names(stem: str) -> tuple[str, str, str]:
+    """The mask, overlay and JSON file names of one input."""
+    return f"{stem}_mask.png", f"{stem}_overlay.png", f"{stem}.json"
+
+
+def _check_out_dir(out_dir: Path, inputs: Sequence[Path], stems: Sequence[str], overwrite: bool) -> None:
+    """Refuse an `--out` that is an input's folder, or that holds outputs already (unless `overwrite`).
+
+    Raises:
+        ValueError: Either; nothing has been written.
+    """
+    resolved = out_dir.resolve()
+    for path in inputs:
+        if path.resolve().parent == resolved:
+            raise ValueError(
+                f"--out {out_dir} is the folder of the input {path}: the results would replace files there (such as "
+                "a ground-truth <name>_mask.png) and be read as inputs next time; choose another --out folder"
+            )
+    if overwrite or not out_dir.is_dir():
+        return
+    existing = [name for stem in stems for name in _output_names(stem) if (out_dir / name).exists()]
+    if existing:
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise ValueError(
+            f"{out_dir} already holds {len(existing)} of the output files ({shown}); pass --overwrite to replace "
+            "them, or choose another --out folder"
+        )
+
+
 def _output_stems(paths: Sequence[Path]) -> list[str]:
     """A safe, distinct output name per input: no separators or parent references, suffixes on collisions."""
     used: set[str] = set()
@@ -208,9 +253,7 @@ def _write_outputs(out_dir: Path, stem: str, path: Path, image: Tensor, predicti
         mask.putpalette(palette(256).reshape(-1).tolist())
     else:
         mask = Image.fromarray(labels.astype(np.uint16))
-    mask_path = out_dir / f"{stem}_mask.png"
-    overlay_path = out_dir / f"{stem}_overlay.png"
-    json_path = out_dir / f"{stem}.json"
+    mask_path, overlay_path, json_path = (out_dir / name for name in _output_names(stem))
     for target in (mask_path, overlay_path, json_path):
         # The stems are sanitised; this guards the invariant.
         if target.resolve().parent != out_dir.resolve():
