@@ -315,11 +315,23 @@ class SegmentationModel(nn.Module):
         Returns:
             Logits [B, K, H, W].
         """
+        logits = self.coarse_logits(images, text_embeddings)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def coarse_logits(self, images: Tensor, text_embeddings: Tensor | None = None) -> Tensor:
+        """The logits at the network's own resolution: `forward` without the final bilinear upsampling.
+
+        Args:
+            images: [B, 3, H, W] scaled to [0, 1].
+            text_embeddings: [K, Dt]; default: the model's class embeddings.
+
+        Returns:
+            Logits [B, K, H/4, W/4] (rounded up), which `forward` upsamples to [B, K, H, W].
+        """
         if text_embeddings is None:
             text_embeddings = self.text_embeddings()
         self._check_text_embeddings(text_embeddings)
-        logits = self._forward(self.normalize(images), text_embeddings)["logits"]
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return self._forward(self.normalize(images), text_embeddings)["logits"]
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Training losses for a batch {"image": [B, 3, H, W] in [0, 1], "mask": [B, H, W] (255 = ignore)}.

@@ -1,0 +1,128 @@
+"""The exact fast labels path: labels from the coarse logits equal the arg-max of the fully upsampled logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bridgeseg.models import create_model
+from bridgeseg.models.prediction import TorchBackend, segment, upsampled_argmax
+from tests.conftest import CLASSES
+
+
+def _full(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(dim=1)
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 13, 150])
+def test_upsampled_argmax_is_exact_on_random_logits(num_classes: int) -> None:
+    generator = torch.Generator().manual_seed(num_classes)
+    mismatched = 0
+    for trial in range(40):
+        height, width = torch.randint(1, 17, (2,), generator=generator).tolist()
+        factor_h, factor_w = torch.randint(1, 6, (2,), generator=generator).tolist()
+        size = (height * factor_h + trial % 5, width * factor_w + trial % 3)
+        scale = (0.01, 1.0, 30.0)[trial % 3]
+        logits = torch.randn(2, num_classes, height, width, generator=generator) * scale
+        mismatched += int((upsampled_argmax(logits, size) != _full(logits, size)).sum())
+    assert mismatched == 0
+
+
+def test_upsampled_argmax_reads_most_labels_off_the_coarse_map() -> None:
+    # Region-like logits (smooth, as a trained model's): most output pixels take the shortcut.
+    torch.manual_seed(0)
+    logits = F.interpolate(torch.randn(1, 150, 4, 4), size=(32, 32), mode="bilinear") * 10
+    labels = upsampled_argmax(logits, (128, 128))
+    assert torch.equal(labels, _full(logits, (128, 128)))
+    coarse = logits.argmax(1, keepdim=True).float()
+    nearest = F.interpolate(coarse, size=(128, 128), mode="nearest")[:, 0].long()
+    assert 0 < (labels != nearest).float().mean() < 0.1  # boundaries are rare, and they are handled
+
+
+def _trained_tiny_model(class_embeddings: torch.Tensor, method: str) -> torch.nn.Module:
+    """A tiny model trained for a few steps on two-region images, so its logits have region structure."""
+    torch.manual_seed(0)
+    model = create_model(
+        method,
+        backbone="test_resnet",
+        classes=CLASSES,
+        fusion_dim=32,
+        decoder_channels=16,
+        class_embeddings=class_embeddings,
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    images = torch.rand(4, 3, 64, 64) * 0.2
+    masks = torch.zeros(4, 64, 64, dtype=torch.long)
+    images[:, 0, :, 32:] += 0.7  # a red right half: class 1
+    masks[:, :, 32:] = 1
+    images[:, 2, 40:, :] += 0.7  # a blue bottom band: class 2
+    masks[:, 40:, :] = 2
+    model.train()
+    for _ in range(15):
+        optimizer.zero_grad()
+        model.loss({"image": images, "mask": masks})["loss"].backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", ["bridge", "lseg", "fpn"])
+@pytest.mark.parametrize("trained", [False, True])
+def test_predict_labels_equal_the_full_path(method: str, trained: bool, class_embeddings: torch.Tensor) -> None:
+    if trained:
+        model = _trained_tiny_model(class_embeddings, method)
+    else:
+        torch.manual_seed(1)
+        model = create_model(
+            method,
+            backbone="test_resnet",
+            classes=CLASSES,
+            fusion_dim=32,
+            decoder_channels=16,
+            class_embeddings=class_embeddings,
+        ).eval()
+    backend = TorchBackend(model)
+    for size in ((64, 64), (50, 70), (33, 97), (17, 5)):
+        images = torch.rand(2, 3, *size)
+        with torch.inference_mode():
+            fast = model.predict(images)
+            _, probs = segment(backend, images, backend.text_embeddings(None), return_probs=True)
+            padded = model.pad(images)[0]
+            full = _full(model.coarse_logits(padded), padded.shape[-2:])[..., : size[0], : size[1]]
+        assert torch.equal(fast, full), size
+        assert torch.equal(fast, probs.argmax(1)), size  # softmax keeps the order
+        with torch.inference_mode():
+            slide = model.predict(images, mode="slide", crop_size=32, stride=21)
+            _, slide_probs = model.predict(images, mode="slide", crop_size=32, stride=21, return_probs=True)
+        assert torch.equal(slide, slide_probs.argmax(1)), size
+
+
+def test_only_single_view_whole_labels_take_the_fast_path(class_embeddings: torch.Tensor) -> None:
+    model = create_model(
+        "lseg", backbone="test_resnet", classes=CLASSES, decoder_channels=16, class_embeddings=class_embeddings
+    ).eval()
+    calls: list[str] = []
+
+    class CountingBackend(TorchBackend):
+        def logits(self, images, text_embeddings):
+            calls.append("full")
+            return super().logits(images, text_embeddings)
+
+        def coarse_logits(self, images, text_embeddings):
+            calls.append("coarse")
+            return super().coarse_logits(images, text_embeddings)
+
+    backend = CountingBackend(model)
+    images = torch.rand(1, 3, 40, 40)
+    expected = {
+        (): ["coarse"],
+        (("return_probs", True),): ["full"],
+        (("flip", True),): ["full", "full"],
+        (("mode", "slide"), ("crop_size", 32), ("stride", 32)): ["full"] * 4,
+        (("output_size", (20, 20)),): ["full"],
+    }
+    with torch.inference_mode():
+        for options, paths in expected.items():
+            calls.clear()
+            segment(backend, images, backend.text_embeddings(None), **dict(options))
+            assert calls == paths, options
