@@ -167,6 +167,7 @@ def test_non_finite_weights_never_replace_the_last_checkpoint(tmp_path: Path, ca
     saved: list[str] = []
     trainer = SimpleNamespace(
         global_step=7,
+        max_steps=-1,
         sanity_checking=False,
         default_root_dir=str(tmp_path),
         save_checkpoint=lambda path, **_: saved.append(path),

@@ -4,8 +4,12 @@ A checkpoint is a folder that is enough to predict, with nothing to unpickle::
 
     model_dir/
       config.json         # format version, bridgeseg version, model config (classes, templates, text encoder,
-                          # ...), prompt names, normalisation mean/std
+                          # ...), prompt names, normalisation mean/std, the weights' SHA-256
       model.safetensors   # weights, the class embeddings included; the frozen text tower is left out
+
+Loading checks the weights against `weights_sha256` (a flipped byte is an error, not a model that predicts one
+class) and the config's sizes against the weights' shapes before the model is built (a `fusion_dim` of 10⁶ in a
+hand-edited config fails at once instead of allocating gigabytes).
 
 It is the layout of the Hugging Face Hub mixins, so `bridgeseg.Predictor.save_pretrained`, `from_pretrained` and
 `push_to_hub` read and write it too. Training checkpoints (Lightning `.ckpt`) load directly with
@@ -18,11 +22,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
-import pickle
-import re
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +37,7 @@ from torch import Tensor
 
 from bridgeseg._version import __version__
 from bridgeseg.errors import CheckpointError, first_line
-from bridgeseg.io import write_atomically
+from bridgeseg.io import checkpoint_error, load_torch_checkpoint, write_atomically
 from bridgeseg.models import ModelConfig, SegmentationModel, create_model
 from bridgeseg.models.text import DEFAULT_TEMPLATES
 
@@ -56,6 +60,8 @@ FORMAT_VERSION = 1
 # The safetensors header keeps a copy of config.json: the weights file alone is enough, and a save interrupted
 # between the two files is detected (their save ids differ) instead of pairing new weights with an old config.
 _METADATA_KEY = "bridgeseg_config"
+# In config.json only (the copy in the weights' header cannot hold the hash of the file it is in).
+_HASH_KEY = "weights_sha256"
 
 
 def save_checkpoint(model: SegmentationModel | Any, directory: str | os.PathLike[str]) -> Path:
@@ -81,6 +87,7 @@ def save_checkpoint(model: SegmentationModel | Any, directory: str | os.PathLike
     }
     payload = safetensors.torch.save(tensors, metadata={"format": "pt", _METADATA_KEY: json.dumps(config)})
     write_atomically(directory / WEIGHTS_NAME, lambda file: file.write(payload))
+    config[_HASH_KEY] = hashlib.sha256(payload).hexdigest()
     text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
     write_atomically(directory / CONFIG_NAME, lambda file: file.write(text.encode("utf-8")))
     logger.info("saved %s checkpoint (%d classes) to %s", segmentor.method, segmentor.num_classes, directory)
@@ -136,8 +143,18 @@ def load_model(
             not a bridgeseg checkpoint, or holds another method than `method`.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint; give a model folder, a .safetensors or a .ckpt file")
+    try:
+        path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise checkpoint_error(path, error) from error
+        if path.is_symlink():
+            raise CheckpointError(
+                f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; point it at a checkpoint"
+            ) from error
+        raise CheckpointError(
+            f"{path}: no such checkpoint; give a model folder, a .safetensors or a .ckpt file"
+        ) from error
     if path.is_dir():
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
@@ -206,7 +223,21 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
             f"{path}: no {CONFIG_NAME} beside it and no bridgeseg config in the file; not a bridgeseg checkpoint"
         )
     _check_format(config, path)
+    if isinstance(config.get(_HASH_KEY), str):  # only config.json holds it; older checkpoints have none
+        _check_hash(path, config[_HASH_KEY])
     return config["model"], state
+
+
+def _check_hash(path: Path, expected: str) -> None:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected.lower():
+        raise CheckpointError(
+            f"{path}: the weights are damaged: their SHA-256 is not the one recorded in {CONFIG_NAME} when they were "
+            "saved (a corrupted copy or disk); re-copy or re-export the checkpoint"
+        )
 
 
 def _check_format(config: Any, path: Path) -> None:
@@ -222,30 +253,7 @@ def _check_format(config: Any, path: Path) -> None:
 
 def _read_training_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The model config and the segmentor's weights of a Lightning checkpoint, read without unpickling code."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights only load failed" not in str(error).lower():
-            raise CheckpointError(f"{path}: corrupt file, not a PyTorch checkpoint ({first_line(error)})") from error
-        culprit = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if culprit:
-            raise CheckpointError(
-                f"{path}: not a safe checkpoint: it holds Python objects ({culprit.group(1)}) that only a full "
-                "unpickle could rebuild, which can execute arbitrary code; bridgeseg refuses to load it"
-            ) from error
-        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-        raise CheckpointError(
-            f"{path}: not a safe checkpoint: the weights-only loader refused it "
-            f"({reason.group(1).strip() if reason else 'unknown content'}); the file is corrupt or holds objects "
-            "that would have to be unpickled"
-        ) from error
-    except Exception as error:  # truncated zip (RuntimeError), empty file (EOFError), garbage (KeyError)...
-        if isinstance(error, OSError) and not isinstance(error, EOFError):
-            raise CheckpointError(f"{path}: cannot read ({error})") from error
-        message = first_line(error) or type(error).__name__
-        raise CheckpointError(
-            f"{path}: corrupt or truncated checkpoint ({message}); re-copy it or use another checkpoint"
-        ) from error
+    checkpoint = load_torch_checkpoint(path)
     hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     net = hyper_parameters.get("net") if isinstance(hyper_parameters, dict) else None
     state_dict = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
@@ -268,6 +276,7 @@ def _rebuild(config: dict[str, Any], state: dict[str, Tensor], path: Path, metho
         ) from error
     if method is not None and model_config.method != method:
         raise CheckpointError(f"{path}: holds a '{model_config.method}' model, expected '{method}'")
+    _check_shapes(model_config, state, path)
     try:
         model = create_model(model_config, class_embeddings=state.get("class_embeddings"))
     except Exception as error:  # unknown backbone, missing text tower (learned prompt context), bad shapes...
@@ -276,14 +285,49 @@ def _rebuild(config: dict[str, Any], state: dict[str, Tensor], path: Path, metho
         ) from error
     try:
         result = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shape mismatches
-        raise CheckpointError(f"{path}: the weights do not fit the model config: {first_line(error)}") from error
+    except RuntimeError as error:  # shape mismatches: one line per tensor after a heading
+        details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        listed = "; ".join(details[:5]) + (f"; and {len(details) - 5} more" if len(details) > 5 else "")
+        raise CheckpointError(
+            f"{path}: the weights do not fit the model config: {listed or first_line(error)}"
+        ) from error
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path}: the weights do not fit the model config (missing: {_few(result.missing_keys)}; "
             f"unexpected: {_few(result.unexpected_keys)})"
         )
     return model
+
+
+def _check_shapes(model_config: ModelConfig, state: dict[str, Tensor], path: Path) -> None:
+    """Compare the config's sizes with the weights' shapes before the model is built.
+
+    The model is laid out on the meta device, which allocates nothing, so a hand-edited size (`fusion_dim`,
+    `decoder_channels`, ...) is refused in milliseconds instead of after gigabytes are committed.
+
+    Raises:
+        CheckpointError: A tensor of the weights has another shape than the config's model would give it.
+    """
+    embeddings = state.get("class_embeddings")
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(
+                model_config, class_embeddings=None if embeddings is None else embeddings.to("meta")
+            ).state_dict()
+    except Exception:  # the real build below reports what is wrong with the config
+        logger.debug("no meta-device layout for the shape check", exc_info=True)
+        return
+    mismatched = [
+        f"{name} {list(state[name].shape)} in the weights, {list(tensor.shape)} from the config"
+        for name, tensor in skeleton.items()
+        if name in state and tuple(state[name].shape) != tuple(tensor.shape)
+    ]
+    if mismatched:
+        raise CheckpointError(
+            f"{path}: the sizes in the model config do not fit the weights ({len(mismatched)} tensors differ: "
+            f"{_few(mismatched, 3)}); was a size such as fusion_dim or decoder_channels edited? restore the config "
+            "saved with the weights"
+        )
 
 
 def _few(names: Sequence[str], limit: int = 5) -> str:

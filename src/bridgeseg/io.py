@@ -1,14 +1,21 @@
-"""File writing that loses nothing: temporary file, fsync, rename."""
+"""Files in and out: writing that loses nothing (temporary file, fsync, rename), and PyTorch checkpoints read
+without unpickling code, with one explanation of every way such a file can be damaged or unsafe.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import pickle
+import re
 import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from bridgeseg.errors import CheckpointError, first_line
 
 
 def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
@@ -30,7 +37,7 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
             hidden `.<name>.<random>.tmp` may be left next to the destination, never a partial file under its name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     try:
         previous_mode: int | None = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
@@ -44,6 +51,8 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
             break
         except FileExistsError:
             continue
+        except OSError as error:  # named after the destination: the temporary file means nothing to the user
+            raise OSError(error.errno, f"could not write {path}: {error.strerror or error}") from error
     else:
         raise FileExistsError(f"could not create a temporary file next to {path}")
     try:
@@ -69,3 +78,83 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
         finally:
             os.close(directory)
     return path
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(error.errno, f"could not write {path}: {error.strerror or error} ({path.parent})") from error
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Fail now, not after minutes of work, when `path` cannot be written (`write_atomically` will write it).
+
+    Creates the folder if needed and a temporary file next to `path`, then removes the file: a read-only or full
+    file system, missing permissions or a parent that is a file all show here.
+
+    Raises:
+        OSError: `path` cannot be written; the message names it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"could not write {path}: it is a folder; give a file name")
+    _make_parent(path)
+    probe = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    except OSError as error:
+        raise OSError(error.errno, f"could not write {path}: {error.strerror or error}") from error
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def checkpoint_error(path: str | os.PathLike[str], error: BaseException) -> CheckpointError:
+    """What went wrong reading a PyTorch checkpoint with `torch.load(..., weights_only=True)`, as one line.
+
+    Args:
+        path: The checkpoint.
+        error: What `torch.load` raised.
+
+    Returns:
+        The error to raise: missing, unreadable, corrupt or truncated, or unsafe (a pickle holding code or objects).
+    """
+    if isinstance(error, pickle.UnpicklingError):
+        if "weights only load failed" not in str(error).lower():
+            return CheckpointError(f"{path}: corrupt file, not a PyTorch checkpoint ({first_line(error)})")
+        # The wording differs between torch versions.
+        culprit = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(error))
+        if culprit:
+            return CheckpointError(
+                f"{path}: not a safe checkpoint: it holds Python objects ({culprit.group(1)}) that only a full "
+                "unpickle could rebuild, which can execute arbitrary code; bridgeseg refuses to load it"
+            )
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+        return CheckpointError(
+            f"{path}: not a safe checkpoint: the weights-only loader refused it "
+            f"({reason.group(1).strip() if reason else 'unknown content'}); the file is corrupt or holds objects "
+            "that would have to be unpickled"
+        )
+    if isinstance(error, FileNotFoundError):
+        return CheckpointError(f"{path}: no such checkpoint; check the path")
+    if isinstance(error, OSError) and error.errno == errno.ELOOP:
+        return CheckpointError(f"{path}: a symbolic link that loops back on itself; point it at a checkpoint")
+    if isinstance(error, OSError) and not isinstance(error, EOFError):
+        return CheckpointError(f"{path}: cannot read ({error})")
+    # A truncated zip (RuntimeError), an empty file (EOFError), garbage (KeyError, ValueError)...
+    message = first_line(error) or type(error).__name__
+    return CheckpointError(f"{path}: corrupt or truncated checkpoint ({message}); re-copy it or use another checkpoint")
+
+
+def load_torch_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """Read a PyTorch checkpoint onto the CPU without unpickling code (`weights_only=True`).
+
+    Raises:
+        CheckpointError: See `checkpoint_error`.
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise checkpoint_error(path, error) from error

@@ -37,9 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bridgeseg.io import write_atomically
+from bridgeseg.errors import CheckpointError, first_line
+from bridgeseg.io import check_writable, write_atomically
 from bridgeseg.models.text import create_text_encoder
-from bridgeseg.vocabulary import check_vocabulary
+from bridgeseg.vocabulary import check_vocabulary, describe_classes, validate_class_names
 
 __all__ = [
     "EXPORTERS",
@@ -197,6 +198,7 @@ def export_onnx(
 
     Raises:
         ValueError: `open_vocab` or new `classes` for a closed-set model, or an unknown exporter.
+        OSError: `path` cannot be written (checked before the export).
         ImportError: The `onnx` package (or `onnxscript` for the dynamo exporter) is missing.
     """
     import onnx
@@ -209,6 +211,7 @@ def export_onnx(
             "(its classes are baked in), or use a 'bridge' or 'lseg' model"
         )
     classes, embeddings = _resolve_vocabulary(model, classes)
+    check_writable(path)  # before the export, which takes a while
     device = next(model.parameters()).device
     images = torch.rand(_TRACE_BATCH, 3, *_TRACE_SIZE, device=device)
     dims = {0: "batch", 2: "height", 3: "width"}
@@ -314,15 +317,25 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _decode_metadata(raw: dict[str, str], path: str | os.PathLike[str]) -> dict[str, Any]:
     if "bridgeseg_format" not in raw:
-        raise ValueError(f"{path} has no bridgeseg metadata; export it with `bridgeseg export --onnx`")
+        raise CheckpointError(f"{path} has no bridgeseg metadata; export it with `bridgeseg export --onnx`")
     metadata: dict[str, Any] = dict(raw)
-    for key in ("classes", "templates", "open_vocab", "pixel_mean", "config"):
-        metadata[key] = json.loads(raw[key])
-    for key in ("text_dim", "prompt_context", "size_multiple"):
-        metadata[key] = int(raw[key])
-    if "class_embeddings" in raw:
-        values = np.frombuffer(base64.b64decode(raw["class_embeddings"]), dtype="<f4")
-        metadata["class_embeddings"] = values.reshape(len(metadata["classes"]), metadata["text_dim"]).copy()
+    try:
+        for key in ("classes", "templates", "open_vocab", "pixel_mean", "config"):
+            metadata[key] = json.loads(raw[key])
+        for key in ("text_dim", "prompt_context", "size_multiple"):
+            metadata[key] = int(raw[key])
+        if "class_embeddings" in raw:
+            values = np.frombuffer(base64.b64decode(raw["class_embeddings"]), dtype="<f4")
+            metadata["class_embeddings"] = values.reshape(len(metadata["classes"]), metadata["text_dim"]).copy()
+        # The names label every output (and draw the legend): the one validator, length cap included.
+        metadata["classes"] = validate_class_names(metadata["classes"])
+        if len(metadata["pixel_mean"]) != 3 or metadata["size_multiple"] < 1:
+            raise ValueError("'pixel_mean' or 'size_multiple' is out of range")
+    except (KeyError, ValueError, TypeError) as error:  # json.JSONDecodeError and binascii.Error are ValueErrors
+        raise CheckpointError(
+            f"{path}: its bridgeseg metadata is damaged ({type(error).__name__}: {first_line(error)}); re-export it "
+            "with `bridgeseg export --onnx`"
+        ) from error
     return metadata
 
 
@@ -422,7 +435,9 @@ class OnnxBackend:
 
     Raises:
         FileNotFoundError: No such file.
-        ValueError: The file has no bridgeseg metadata.
+        CheckpointError: The file is not a valid ONNX model (truncated, corrupt), has no or damaged bridgeseg
+            metadata, or its graph gives another number of classes than its metadata names; all checked here, at
+            load, before any image is segmented.
     """
 
     device = torch.device("cpu")
@@ -439,9 +454,15 @@ class OnnxBackend:
         if threads:
             options.intra_op_num_threads = threads
         self.path = path
-        self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as error:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for damage
+            raise CheckpointError(
+                f"{path}: not a valid ONNX model ({first_line(error)[:200]}); the file is truncated or corrupt: "
+                "re-export it with `bridgeseg export --onnx` or re-copy it"
+            ) from error
         self.metadata = _decode_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         self.classes: list[str] = list(self.metadata["classes"])
         self.open_vocabulary: bool = bool(self.metadata["open_vocab"])
@@ -450,6 +471,46 @@ class OnnxBackend:
         self.size_multiple: int = self.metadata["size_multiple"]
         self.pixel_mean = torch.tensor(self.metadata["pixel_mean"], dtype=torch.float32).view(1, 3, 1, 1)
         self._text_encoder: Any = None
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        """The graph must agree with the metadata: its inputs, and the class count of a fixed vocabulary.
+
+        A fixed-vocabulary graph is run once on a blank image of one size multiple (milliseconds): copied or
+        edited metadata would otherwise label pixels with the wrong names, or fail after some outputs are written.
+
+        Raises:
+            CheckpointError: The graph and the metadata disagree, or the graph does not run.
+        """
+        inputs = {item.name: item.shape for item in self.session.get_inputs()}
+        expected = {"images", "text_embeddings"} if self.open_vocabulary else {"images"}
+        if set(inputs) != expected or "logits" not in {item.name for item in self.session.get_outputs()}:
+            raise CheckpointError(
+                f"{self.path}: the graph's inputs ({', '.join(inputs)}) do not match its metadata (open_vocab "
+                f"{self.open_vocabulary}); it was not written by `bridgeseg export`: re-export it"
+            )
+        if self.open_vocabulary:
+            width = inputs["text_embeddings"][1] if len(inputs["text_embeddings"]) == 2 else None
+            if isinstance(width, int) and width != self.metadata["text_dim"]:
+                raise CheckpointError(
+                    f"{self.path}: the graph takes text embeddings of width {width}, its metadata says "
+                    f"{self.metadata['text_dim']}; the metadata belongs to another model: re-export it"
+                )
+            return
+        side = self.size_multiple
+        try:
+            probe = self.session.run(["logits"], {"images": np.zeros((1, 3, side, side), dtype=np.float32)})[0]
+        except Exception as error:  # onnxruntime's own error types
+            raise CheckpointError(
+                f"{self.path}: the ONNX model does not run on a {side}×{side} image ({first_line(error)[:200]}); "
+                "re-export it"
+            ) from error
+        if probe.ndim != 4 or probe.shape[1] != len(self.classes):
+            raise CheckpointError(
+                f"{self.path}: the graph gives {probe.shape[1] if probe.ndim == 4 else 'no'} classes but its metadata "
+                f"names {len(self.classes)} ({describe_classes(self.classes)}); the metadata belongs to another "
+                "model: re-export it with `bridgeseg export --onnx`"
+            )
 
     def __repr__(self) -> str:
         vocabulary = "open" if self.open_vocabulary else "fixed"

@@ -11,7 +11,8 @@ Commands:
              training and evaluation (Lightning; `bridgeseg fit --help`)                (`cli/fit.py`)
 
 Errors a user can fix (bad files, values or configs, a full disk, a diverged loss) are printed as one line
-(`error: ...`) with exit code 2; `--debug` shows the traceback. docs/troubleshooting.md lists them.
+(`error: ...`) with exit code 2; `--debug` shows the traceback. docs/troubleshooting.md lists them. Ctrl+C
+(SIGINT) exits with 130.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bridgeseg._version import __version__
 from bridgeseg.cli import cost, data, demo, export, fit, predict, serve
 from bridgeseg.errors import UserError
 
-__all__ = ["build_parser", "main", "user_message"]
+__all__ = ["EXIT_INTERRUPTED", "build_parser", "main", "user_message"]
 
 logger = logging.getLogger("bridgeseg")
 
@@ -68,6 +69,10 @@ def user_message(error: BaseException) -> str:
     return "; ".join([_unwrap_worker_message(error), *notes])
 
 
+EXIT_INTERRUPTED = 130
+"""Exit code after Ctrl+C (SIGINT), as a shell reports a process a SIGINT stopped: 128 + 2."""
+
+
 def _run_guarded(function: Callable[[], int | None], debug: bool) -> int:
     try:
         code = function()
@@ -76,6 +81,15 @@ def _run_guarded(function: Callable[[], int | None], debug: bool) -> int:
             raise
         print(f"error: {user_message(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(
+            "error: interrupted (Ctrl+C); every file written so far is complete (files are written atomically); "
+            "resume training with --ckpt_path last",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     return int(code or 0)
 
 

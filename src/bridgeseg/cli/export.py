@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from bridgeseg.checkpoints import convert_checkpoint, load_model
+from bridgeseg.checkpoints import WEIGHTS_NAME, convert_checkpoint, load_model
 from bridgeseg.cli._options import add_checkpoint_argument
 from bridgeseg.errors import UserError
+from bridgeseg.io import check_writable
 from bridgeseg.vocabulary import parse_class_list
 
 
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--format safetensors needs --out DIR (the output folder)")
         if args.onnx or args.classes or args.open_vocab:
             raise UserError("--onnx, --classes and --open-vocab apply to ONNX exports only; drop them")
+        check_writable(Path(args.out) / WEIGHTS_NAME)  # before the checkpoint is loaded
         written = convert_checkpoint(args.checkpoint, args.out)
         print(f"wrote {written}")
         return 0
@@ -49,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--format onnx needs --onnx FILE (the output .onnx file)")
     if args.out:
         raise UserError("--out is for --format safetensors; give the ONNX file with --onnx FILE")
-    model = load_model(args.checkpoint)
     classes = parse_class_list(args.classes)
+    check_writable(args.onnx)  # before the checkpoint is loaded and the model traced
+    model = load_model(args.checkpoint)
     from bridgeseg.onnx import check_parity, export_onnx  # onnx is an optional extra
 
     path = export_onnx(model, args.onnx, open_vocab=args.open_vocab, classes=classes, opset=args.opset)

@@ -146,6 +146,18 @@ class SegmentationDataModule(pl.LightningDataModule):
         """The prompt names of the dataset's classes, in label order (linked to the model by the CLI)."""
         return list(self._dataset("val").prompt_names)
 
+    def check_val_sample(self, count: int = 16) -> int:
+        """Check a sample of the validation masks (labels, sizes) before training, so a problem there surfaces now
+        rather than at the first validation, after hours of training.
+
+        Returns:
+            The number of samples checked.
+
+        Raises:
+            DatasetError: A sample's mask is unreadable, of another size than its image, or holds labels out of range.
+        """
+        return self._dataset("val").check_sample(count)
+
     def _global_step(self) -> int:
         return self.trainer.global_step if self.trainer is not None else 0
 

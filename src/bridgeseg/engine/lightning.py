@@ -25,7 +25,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from bridgeseg.configs import resolve_config
 from bridgeseg.engine.datamodule import SegmentationDataModule
 from bridgeseg.engine.module import SegmentationModule
-from bridgeseg.io import write_atomically
+from bridgeseg.errors import CheckpointError
+from bridgeseg.io import checkpoint_error, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class BestCheckpoint(ModelCheckpoint):
 
 
 class LastCheckpoint(pl.Callback):
-    """`checkpoints/last.ckpt` every `every_n_steps` iterations, after each validation and at the end.
+    """`checkpoints/last.ckpt` every `every_n_steps` iterations, at the last iteration (before the final
+    validation), after each validation and at the end.
 
     Lightning's `save_last` only writes when another checkpoint is written (here: when mIoU improves), which
     would leave a killed run to resume from far back. Weights that are no longer finite are never saved over the
@@ -77,8 +79,8 @@ class LastCheckpoint(pl.Callback):
         """Where the checkpoint is written: `<default_root_dir>/checkpoints/last.ckpt`."""
         return os.path.join(checkpoint_dir(trainer), "last.ckpt")
 
-    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step == self._saved_step or trainer.sanity_checking:
+    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, after_validation: bool = False) -> None:
+        if (trainer.global_step == self._saved_step and not after_validation) or trainer.sanity_checking:
             return
         if not all(torch.isfinite(parameter).all() for parameter in pl_module.parameters()):
             logger.warning(
@@ -91,12 +93,16 @@ class LastCheckpoint(pl.Callback):
         self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        last_step = 0 < trainer.max_steps <= trainer.global_step
+        # At the last step too: the final validation runs after this hook, and a problem in the val split must
+        # not lose a run shorter than the save interval.
+        if (self.every_n_steps and trainer.global_step % self.every_n_steps == 0) or last_step:
             self._save(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit":
-            self._save(trainer, pl_module)
+            # Again at a step just saved: this checkpoint holds the validation's results (the best score so far).
+            self._save(trainer, pl_module, after_validation=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._save(trainer, pl_module)
@@ -129,13 +135,27 @@ class LastCheckpoint(pl.Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes checkpoints to a temporary file, fsyncs it and renames it over the target.
+    """Writes checkpoints to a temporary file, fsyncs it and renames it over the target; reads them with one-line
+    errors.
 
-    A run killed during the write leaves the previous checkpoint intact.
+    A run killed during the write leaves the previous checkpoint intact. A damaged, unsafe or foreign checkpoint
+    given to `fit --ckpt_path` (resume) or `validate`/`test --ckpt_path` is refused with the message
+    `bridgeseg.load_model` gives for it, before anything runs.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str, storage_options: Any = None) -> None:
         write_atomically(path, lambda handle: torch.save(checkpoint, handle))
+
+    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            checkpoint = super().load_checkpoint(path, *args, **kwargs)
+        except Exception as error:  # torch.load raises anything from UnpicklingError to RuntimeError and KeyError
+            raise checkpoint_error(path, error) from error
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+            raise CheckpointError(
+                f"{path}: not a Lightning training checkpoint (no state_dict); give a .ckpt written by `bridgeseg fit`"
+            )
+        return checkpoint
 
 
 class IterationProgressBar(TQDMProgressBar):
@@ -220,8 +240,29 @@ class BridgesegCLI(LightningCLI):
                 f"--ckpt_path last: no checkpoint at {path}; check --trainer.default_root_dir or give the path"
             )
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads `--ckpt_path` once before anything is built, with a bare `torch.load`."""
+        try:
+            super()._parse_ckpt_path()
+        except Exception as error:  # torch.load raises anything from UnpicklingError to RuntimeError and KeyError
+            raise checkpoint_error(self.config[self.config.subcommand].get("ckpt_path"), error) from error
+
     def before_fit(self) -> None:
         self._resolve_last_checkpoint()
+        datamodule = self.datamodule
+        if isinstance(datamodule, SegmentationDataModule):
+            checked = datamodule.check_val_sample()
+            logger.info("Checked the masks of %d validation samples", checked)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except SystemExit:
+            # Lightning answers Ctrl+C with a graceful shutdown and sys.exit(1), the code `predict` gives when some
+            # images failed; `bridgeseg.cli.main` reports an interrupt with 130, as a shell does.
+            if self.trainer is not None and self.trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
 
     def before_validate(self) -> None:
         self._resolve_last_checkpoint()
