@@ -121,6 +121,24 @@ def test_onnx_metadata_naming_another_class_count_is_refused_at_load(
         OnnxBackend(edited)
 
 
+def test_onnx_metadata_copied_from_another_model_is_refused_at_load(
+    onnx_path: Path, image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Same classes, same inputs, another network: only the logits of the probe image tell them apart.
+    other = create_model("fpn", classes=CLASSES, backbone="test_resnet", decoder_channels=16).eval()
+    other_path = export_onnx(other, tmp_path / "other.onnx")
+    OnnxBackend(other_path)  # as exported, it loads
+    graph = onnx.load(str(other_path))
+    source = {prop.key: prop.value for prop in onnx.load(str(onnx_path)).metadata_props}
+    del graph.metadata_props[:]
+    onnx.helper.set_model_props(graph, source)
+    copied = tmp_path / "copied.onnx"
+    onnx.save(graph, str(copied))
+    error = predict_error(capsys, copied, image, tmp_path / "out")
+    assert error.startswith(f"error: {copied}: the graph does not give the logits recorded in its metadata at export")
+    assert error.endswith("the metadata was copied from another model: re-export it with `bridgeseg export --onnx`")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 4. Corrupt or unsafe .ckpt files in every command
 # ---------------------------------------------------------------------------------------------------------------

@@ -63,6 +63,9 @@ EXPORTERS = ("torchscript", "dynamo")
 _TRACE_SIZE = (64, 96)
 _TRACE_BATCH = 2
 _PARITY_SIZES = ((64, 96), (128, 64))
+_PROBE_KEY = "probe_logits"
+# PyTorch and ONNX Runtime agree on these mean logits to about 1e-5; another graph differs by far more.
+_PROBE_TOLERANCE = 1e-3
 
 
 # ----------------------------------------------------------------------------------------------------- export
@@ -233,6 +236,9 @@ def export_onnx(
             proto = _export_torchscript(module, inputs, input_names, dynamic_axes, opset)
         else:
             proto = _export_dynamo(module, inputs, input_names, open_vocab, opset)
+        probe = torch.zeros(1, 3, SIZE_MULTIPLE, SIZE_MULTIPLE, device=device)
+        with torch.no_grad():
+            probe_logits = module(probe, *inputs[1:]).float().mean(dim=(0, 2, 3))  # [K]
     finally:
         model.train(was_training)
 
@@ -242,7 +248,9 @@ def export_onnx(
         class_dim.Clear()
         class_dim.dim_value = len(classes)
     existing = {prop.key: prop.value for prop in proto.metadata_props}
-    onnx.helper.set_model_props(proto, existing | _metadata(model, classes, embeddings, open_vocab))
+    # The logits of a blank image tie the metadata to this graph: `OnnxBackend` compares them when it loads it.
+    fingerprint = {_PROBE_KEY: json.dumps([round(float(value), 6) for value in probe_logits.tolist()])}
+    onnx.helper.set_model_props(proto, existing | _metadata(model, classes, embeddings, open_vocab) | fingerprint)
     proto.doc_string = f"bridgeseg {model.method} / {model.config.backbone}: images [B, 3, H, W] in [0, 1] → logits"
     onnx.checker.check_model(proto)
     serialized = proto.SerializeToString()
@@ -327,6 +335,8 @@ def _decode_metadata(raw: dict[str, str], path: str | os.PathLike[str]) -> dict[
         if "class_embeddings" in raw:
             values = np.frombuffer(base64.b64decode(raw["class_embeddings"]), dtype="<f4")
             metadata["class_embeddings"] = values.reshape(len(metadata["classes"]), metadata["text_dim"]).copy()
+        if _PROBE_KEY in raw:
+            metadata[_PROBE_KEY] = np.asarray(json.loads(raw[_PROBE_KEY]), dtype=np.float32)
         # The names label every output (and draw the legend): the one validator, length cap included.
         metadata["classes"] = validate_class_names(metadata["classes"])
         if len(metadata["pixel_mean"]) != 3 or metadata["size_multiple"] < 1:
@@ -436,8 +446,9 @@ class OnnxBackend:
     Raises:
         FileNotFoundError: No such file.
         CheckpointError: The file is not a valid ONNX model (truncated, corrupt), has no or damaged bridgeseg
-            metadata, or its graph gives another number of classes than its metadata names; all checked here, at
-            load, before any image is segmented.
+            metadata, or its graph gives another number of classes than its metadata names or other logits than
+            were recorded at export (metadata copied from another model); all checked here, at load, before any
+            image is segmented.
     """
 
     device = torch.device("cpu")
@@ -474,10 +485,11 @@ class OnnxBackend:
         self._check_graph()
 
     def _check_graph(self) -> None:
-        """The graph must agree with the metadata: its inputs, and the class count of a fixed vocabulary.
+        """The graph must agree with the metadata: its inputs, its class count, and the logits of a blank image.
 
-        A fixed-vocabulary graph is run once on a blank image of one size multiple (milliseconds): copied or
-        edited metadata would otherwise label pixels with the wrong names, or fail after some outputs are written.
+        The graph is run once on a blank image of one size multiple (milliseconds; with the default classes'
+        embeddings for an open vocabulary): copied or edited metadata would otherwise label pixels with the wrong
+        names, or fail after some outputs are written. The mean logits are compared with those recorded at export.
 
         Raises:
             CheckpointError: The graph and the metadata disagree, or the graph does not run.
@@ -489,6 +501,7 @@ class OnnxBackend:
                 f"{self.path}: the graph's inputs ({', '.join(inputs)}) do not match its metadata (open_vocab "
                 f"{self.open_vocabulary}); it was not written by `bridgeseg export`: re-export it"
             )
+        feed = {"images": np.zeros((1, 3, self.size_multiple, self.size_multiple), dtype=np.float32)}
         if self.open_vocabulary:
             width = inputs["text_embeddings"][1] if len(inputs["text_embeddings"]) == 2 else None
             if isinstance(width, int) and width != self.metadata["text_dim"]:
@@ -496,10 +509,12 @@ class OnnxBackend:
                     f"{self.path}: the graph takes text embeddings of width {width}, its metadata says "
                     f"{self.metadata['text_dim']}; the metadata belongs to another model: re-export it"
                 )
-            return
+            if "class_embeddings" not in self.metadata:
+                return  # nothing to probe the graph with
+            feed["text_embeddings"] = self.metadata["class_embeddings"]
         side = self.size_multiple
         try:
-            probe = self.session.run(["logits"], {"images": np.zeros((1, 3, side, side), dtype=np.float32)})[0]
+            probe = self.session.run(["logits"], feed)[0]
         except Exception as error:  # onnxruntime's own error types
             raise CheckpointError(
                 f"{self.path}: the ONNX model does not run on a {side}×{side} image ({first_line(error)[:200]}); "
@@ -511,6 +526,18 @@ class OnnxBackend:
                 f"names {len(self.classes)} ({describe_classes(self.classes)}); the metadata belongs to another "
                 "model: re-export it with `bridgeseg export --onnx`"
             )
+        recorded = self.metadata.get(_PROBE_KEY)  # older exports have none
+        if recorded is not None:
+            actual = probe.astype(np.float32).mean(axis=(0, 2, 3))  # [K]
+            if recorded.shape != actual.shape or not np.allclose(
+                actual, recorded, rtol=_PROBE_TOLERANCE, atol=_PROBE_TOLERANCE
+            ):
+                difference = float(np.abs(actual - recorded).max()) if recorded.shape == actual.shape else float("nan")
+                raise CheckpointError(
+                    f"{self.path}: the graph does not give the logits recorded in its metadata at export (largest "
+                    f"difference {difference:.3g}); the metadata was copied from another model: re-export it with "
+                    "`bridgeseg export --onnx`"
+                )
 
     def __repr__(self) -> str:
         vocabulary = "open" if self.open_vocabulary else "fixed"
