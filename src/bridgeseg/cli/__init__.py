@@ -86,7 +86,7 @@ def _run_guarded(function: Callable[[], int | None], debug: bool) -> int:
             raise
         print(
             "error: interrupted (Ctrl+C); every file written so far is complete (files are written atomically); "
-            "resume training with --ckpt_path last",
+            "a training run resumes with --ckpt_path last",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
