@@ -105,6 +105,8 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "aux_0": ("bridge", {"aux_weight": 0.0}),
     "aux_1": ("bridge", {"aux_weight": 1.0}),
     "lseg_no_pixel_projection": ("lseg", {"pixel_projection": False}),
+    # A speed option, not a fusion switch: its mIoU cost, so users can choose.
+    "decoder_stride_8": ("bridge", {"decoder_stride": 8}),
 }
 STUDIES = ("decision", "curve", "ablation", "heldout", "scratch")
 

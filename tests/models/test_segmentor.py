@@ -247,3 +247,19 @@ def test_models_saved_before_the_new_switches_rebuild_as_they_were(class_embeddi
         rebuilt.load_state_dict(old.state_dict(), strict=True)
         # A config from the new code keeps its own values.
         assert ModelConfig.from_saved_dict(tiny(method, class_embeddings=class_embeddings).config.to_dict()).keep_c5
+
+
+@pytest.mark.parametrize("method", ["bridge", "denseclip", "lseg", "fpn"])
+def test_decoder_stride_8_skips_the_finest_level(method: str, class_embeddings: torch.Tensor) -> None:
+    fine = tiny(method, class_embeddings=class_embeddings)
+    coarse = tiny(method, class_embeddings=class_embeddings, decoder_stride=8)
+    images = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        assert fine.eval().coarse_logits(images).shape[-2:] == (16, 24)
+        assert coarse.eval().coarse_logits(images).shape[-2:] == (8, 12)
+        assert coarse(images).shape == (1, 3, 64, 96)
+    assert len(coarse.decoder.laterals) == len(fine.decoder.laterals) - 1
+    assert cost_report(coarse, 64).flops["decoder"] < cost_report(fine, 64).flops["decoder"]
+    coarse.train().loss(batch())["loss"].backward()
+    with pytest.raises(ValueError, match="4 or 8"):
+        tiny(method, class_embeddings=class_embeddings, decoder_stride=16)

@@ -280,5 +280,5 @@ class TorchBackend:
         return self.model(images, text_embeddings)
 
     def coarse_logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
-        """Logits before the final bilinear upsampling, [B, K, H/4, W/4]: for the exact fast labels path."""
+        """Logits before the final bilinear upsampling, [B, K, H/s, W/s]: for the exact fast labels path."""
         return self.model.coarse_logits(images, text_embeddings)

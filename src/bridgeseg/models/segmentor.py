@@ -63,6 +63,8 @@ class ModelConfig:
         templates: Prompt templates with "{}"; None uses the text encoder's defaults.
         prompt_context: Learnable context vectors (CoOp) for open_clip text encoders; 0 disables them.
         decoder_channels: Width of the Semantic FPN and of the pixel embeddings.
+        decoder_stride: Stride of the pixel embeddings and logits: 4 (Semantic FPN's) or 8 (the stride-4 level
+            skipped; cheaper on a CPU).
         fusion_dim: Width D of the bridge fusion module.
         fusion_heads: Attention heads of the fusion module.
         fusion_blocks: Bridge blocks N (ablation: 1, 2, 4).
@@ -94,6 +96,7 @@ class ModelConfig:
     templates: list[str] | None = None
     prompt_context: int = 0
     decoder_channels: int = 96
+    decoder_stride: int = 4
     fusion_dim: int = 256
     fusion_heads: int = 4
     fusion_blocks: int = 2
@@ -169,7 +172,7 @@ def _keep_frozen_weights_out_of_checkpoints(module: nn.Module) -> None:
 class SegmentationModel(nn.Module):
     """Base class of the four methods: backbone, text side, normalisation, padding, loss and inference.
 
-    Subclasses build their parts in `_build` and compute stride-4 logits in `_forward`.
+    Subclasses build their parts in `_build` and compute logits at the decoder stride (4 or 8) in `_forward`.
 
     Args:
         config: The model config.
@@ -302,7 +305,10 @@ class SegmentationModel(nn.Module):
         return images, masks
 
     def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
-        """Normalised images → {"logits": [B, K, H/4, W/4], "aux": stride-32 score map [B, K, h, w] or None}."""
+        """Normalised images → {"logits": [B, K, H/s, W/s], "aux": stride-32 score map [B, K, h, w] or None}.
+
+        s is `decoder_stride` (4 or 8).
+        """
         raise NotImplementedError
 
     def forward(self, images: Tensor, text_embeddings: Tensor | None = None) -> Tensor:
@@ -326,7 +332,7 @@ class SegmentationModel(nn.Module):
             text_embeddings: [K, Dt]; default: the model's class embeddings.
 
         Returns:
-            Logits [B, K, H/4, W/4] (rounded up), which `forward` upsamples to [B, K, H, W].
+            Logits [B, K, H/s, W/s] with s = `decoder_stride`, which `forward` upsamples to [B, K, H, W].
         """
         if text_embeddings is None:
             text_embeddings = self.text_embeddings()
@@ -428,7 +434,7 @@ class BridgeSegmentor(SegmentationModel):
         decoder_channels = channels[:-2]
         decoder_channels.append(kept[-2] + cfg.fusion_dim if self.fusion_c4 is not None else channels[-2])
         decoder_channels.append(kept[-1] + cfg.fusion_dim + (self.num_classes if cfg.concat_score_map else 0))
-        self.decoder = SemanticFPN(decoder_channels, cfg.decoder_channels)
+        self.decoder = SemanticFPN(decoder_channels, cfg.decoder_channels, cfg.decoder_stride)
         self.head = LanguageHead(
             cfg.decoder_channels, cfg.fusion_dim, cfg.tau, cfg.learnable_tau, pixel_projection=cfg.pixel_projection
         )
@@ -465,7 +471,7 @@ class LSegSegmentor(SegmentationModel):
 
     def _build(self) -> None:
         cfg = self.config
-        self.decoder = SemanticFPN(self.backbone.channels, cfg.decoder_channels)
+        self.decoder = SemanticFPN(self.backbone.channels, cfg.decoder_channels, cfg.decoder_stride)
         self.head = LanguageHead(
             cfg.decoder_channels, self.text_dim, cfg.tau, cfg.learnable_tau, pixel_projection=cfg.pixel_projection
         )
@@ -510,7 +516,9 @@ class DenseCLIPSegmentor(SegmentationModel):
         # The backbone's own copy would be an unused parameter set.
         self.backbone.attention_pool = None
         self.fusion = nn.ModuleDict({"attention_pool": pool, "context_decoder": ContextDecoder(self.text_dim)})
-        self.decoder = SemanticFPN([*channels[:-1], channels[-1] + self.num_classes], cfg.decoder_channels)
+        self.decoder = SemanticFPN(
+            [*channels[:-1], channels[-1] + self.num_classes], cfg.decoder_channels, cfg.decoder_stride
+        )
         self.head = ClosedSetHead(cfg.decoder_channels, self.num_classes)
         self.score_temperature = Temperature(cfg.tau, cfg.learnable_tau)
 
@@ -531,7 +539,7 @@ class FPNSegmentor(SegmentationModel):
     uses_text = False
 
     def _build(self) -> None:
-        self.decoder = SemanticFPN(self.backbone.channels, self.config.decoder_channels)
+        self.decoder = SemanticFPN(self.backbone.channels, self.config.decoder_channels, self.config.decoder_stride)
         self.head = ClosedSetHead(self.config.decoder_channels, self.num_classes)
 
     def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
