@@ -623,8 +623,13 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
     ):
         summary["curve"].append({"method": method, "iterations": iterations} | _summary(items))
 
-    default = {(r["seed"]): r for run, r in decision if run.dataset == DATASETS_ORDER[0] and run.method == "bridge"}
-    default_lseg = {r["seed"]: r for run, r in decision if run.dataset == DATASETS_ORDER[0] and run.method == "lseg"}
+    ablation_runs = the_plan.studies.get("ablation") or [None]
+    ablation_dataset = ablation_runs[0].dataset if ablation_runs[0] else DATASETS_ORDER[0]
+    references = {
+        method: {r["seed"]: r for run, r in decision if run.dataset == ablation_dataset and run.method == method}
+        for method in ("bridge", "lseg")
+    }
+    default, default_lseg = references["bridge"], references["lseg"]
     if default:
         summary["ablation"].append({"variant": "default", "method": "bridge"} | _summary(list(default.values())))
     for variant, items in group(done("ablation"), lambda run: run.variant).items():
