@@ -40,10 +40,8 @@ def test_upsampled_argmax_reads_most_labels_off_the_coarse_map() -> None:
     assert 0 < (labels != nearest).float().mean() < 0.1  # boundaries are rare, and they are handled
 
 
-def _trained_tiny_model(class_embeddings: torch.Tensor, method: str) -> torch.nn.Module:
-    """A tiny model trained for a few steps on two-region images, so its logits have region structure."""
-    torch.manual_seed(0)
-    model = create_model(
+def _tiny(method: str, class_embeddings: torch.Tensor) -> torch.nn.Module:
+    return create_model(
         method,
         backbone="test_resnet",
         classes=CLASSES,
@@ -51,6 +49,12 @@ def _trained_tiny_model(class_embeddings: torch.Tensor, method: str) -> torch.nn
         decoder_channels=16,
         class_embeddings=class_embeddings,
     )
+
+
+def _trained_tiny_model(class_embeddings: torch.Tensor, method: str) -> torch.nn.Module:
+    """A tiny model trained for a few steps on two-region images, so its logits have region structure."""
+    torch.manual_seed(0)
+    model = _tiny(method, class_embeddings)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     images = torch.rand(4, 3, 64, 64) * 0.2
     masks = torch.zeros(4, 64, 64, dtype=torch.long)
@@ -73,14 +77,7 @@ def test_predict_labels_equal_the_full_path(method: str, trained: bool, class_em
         model = _trained_tiny_model(class_embeddings, method)
     else:
         torch.manual_seed(1)
-        model = create_model(
-            method,
-            backbone="test_resnet",
-            classes=CLASSES,
-            fusion_dim=32,
-            decoder_channels=16,
-            class_embeddings=class_embeddings,
-        ).eval()
+        model = _tiny(method, class_embeddings).eval()
     backend = TorchBackend(model)
     for size in ((64, 64), (50, 70), (33, 97), (17, 5)):
         images = torch.rand(2, 3, *size)
@@ -98,9 +95,7 @@ def test_predict_labels_equal_the_full_path(method: str, trained: bool, class_em
 
 
 def test_only_single_view_whole_labels_take_the_fast_path(class_embeddings: torch.Tensor) -> None:
-    model = create_model(
-        "lseg", backbone="test_resnet", classes=CLASSES, decoder_channels=16, class_embeddings=class_embeddings
-    ).eval()
+    model = _tiny("lseg", class_embeddings).eval()
     calls: list[str] = []
 
     class CountingBackend(TorchBackend):
