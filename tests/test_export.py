@@ -206,6 +206,7 @@ def _args(**values: object) -> argparse.Namespace:
         "classes": None,
         "open_vocab": False,
         "opset": 18,
+        "exporter": "torchscript",
     }
     return argparse.Namespace(**(defaults | values))
 
@@ -217,7 +218,7 @@ def test_export_command(exported: dict, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(export, "load_model", lambda path, device="cpu": model)
     assert export_command(_args(onnx=str(tmp_path / "m.onnx"), open_vocab=True)) == 0
     output = capsys.readouterr().out
-    assert "m.onnx" in output and "argmax agreement 100.000 %" in output
+    assert "m.onnx" in output and "torchscript exporter" in output and "argmax agreement 100.000 %" in output
     assert json.loads(json.dumps(read_metadata(tmp_path / "m.onnx")["classes"])) == CLASSES
 
     fpn = exported[("fpn", False)][0]
@@ -289,3 +290,23 @@ def test_dynamo_exporter_parity(tmp_path, open_vocab: bool) -> None:
     assert report.max_abs_diff <= MAX_ABS_DIFF, report
     assert report.argmax_agreement >= MIN_ARGMAX_AGREEMENT, report
     assert read_metadata(path)["open_vocab"] is open_vocab
+
+
+def test_the_torchscript_exporter_is_still_there(tmp_path) -> None:
+    """PyTorch deprecated the TorchScript-based ONNX exporter (2.9); this fails first when a release removes it."""
+    import inspect
+    import warnings
+
+    removed = (
+        f"torch {torch.__version__} no longer has the TorchScript-based ONNX exporter (torch.onnx.export(..., "
+        "dynamo=False)): make exporter='dynamo' the default of export_onnx and `bridgeseg export` (docs/export.md)"
+    )
+    assert "dynamo" in inspect.signature(torch.onnx.export).parameters, removed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            export_onnx(_tiny("fpn"), tmp_path / "fpn.onnx", exporter="torchscript")
+        except (TypeError, ValueError, NotImplementedError, RuntimeError) as error:
+            pytest.fail(f"{removed}; it failed with: {error}")
+    # Its deprecation is not hidden from users (docs/export.md says what replaces it).
+    assert any(issubclass(w.category, DeprecationWarning) and "TorchScript" in str(w.message) for w in caught)

@@ -271,9 +271,9 @@ def _export_torchscript(
 
     buffer = io.BytesIO()
     with _traceable(module), warnings.catch_warnings():
-        # The legacy exporter's deprecation notice, and tracer warnings about shape checks that hold for every
-        # input whose sides are multiples of 32.
-        warnings.simplefilter("ignore")
+        # Tracer warnings about shape checks that hold for every input whose sides are multiples of 32. PyTorch's
+        # DeprecationWarning for this exporter is left alone: docs/export.md says what replaces it.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             module,
             inputs,

@@ -21,6 +21,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--classes", help="comma-separated class names baked into a fixed-vocabulary ONNX model")
     parser.add_argument("--open-vocab", action="store_true", help="text embeddings [K, D] as a second ONNX input")
     parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument(
+        "--exporter",
+        choices=["torchscript", "dynamo"],
+        default="torchscript",
+        help="PyTorch's TorchScript-based exporter (deprecated by PyTorch, seconds) or the torch.export-based one "
+        "(needs onnxscript, minutes); see docs/export.md",
+    )
     parser.set_defaults(run=run)
 
 
@@ -57,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint)
     from bridgeseg.onnx import check_parity, export_onnx  # onnx is an optional extra
 
-    path = export_onnx(model, args.onnx, open_vocab=args.open_vocab, classes=classes, opset=args.opset)
+    path = export_onnx(
+        model, args.onnx, open_vocab=args.open_vocab, classes=classes, opset=args.opset, exporter=args.exporter
+    )
     report = check_parity(model, path)  # with the embeddings of the classes in the file's metadata
     vocabulary = "open vocabulary" if args.open_vocab else "fixed vocabulary"
-    print(f"wrote {path} ({vocabulary}, {report.num_classes} classes, opset {args.opset})")
+    print(f"wrote {path} ({vocabulary}, {report.num_classes} classes, opset {args.opset}, {args.exporter} exporter)")
     print(f"parity with PyTorch (onnxruntime): {report}")
     if report.argmax_agreement < 0.999:
         print("error: the ONNX model disagrees with PyTorch on more than 0.1 % of pixels", flush=True)
