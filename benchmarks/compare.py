@@ -578,6 +578,7 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
         "curve": [],
         "ablation": [],
         "vocabulary": [],
+        "vocabulary_paired": [],
         "heldout": [],
         "scratch": [],
     }
@@ -617,6 +618,21 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
                 kept = [p / t * 100 for p, t in zip(row["mIoU_paraphrased"], row["mIoU_train_names"], strict=True)]
                 row["paraphrase_kept_percent"] = [round(v, 1) for v in kept]
             summary["vocabulary"].append(row)
+        # The two open-vocabulary methods under renamed classes, seed by seed.
+        paraphrased = {
+            m: {
+                r["seed"]: r["vocabulary"]["mIoU_paraphrased"]
+                for r in by_cell.get((dataset, m), [])
+                if "vocabulary" in r
+            }
+            for m in LANGUAGE_METHODS
+        }
+        seeds = sorted(set(paraphrased["bridge"]) & set(paraphrased["lseg"]))
+        if seeds:
+            diff = paired_difference([paraphrased["bridge"][s] for s in seeds], [paraphrased["lseg"][s] for s in seeds])
+            summary["vocabulary_paired"].append(
+                {"dataset": dataset, "comparison": "bridge - lseg, paraphrased names", "seeds": seeds} | diff
+            )
 
     for (method, iterations), items in sorted(
         group(done("curve"), lambda run: (run.method, run.budget.iterations)).items(), key=lambda kv: kv[0][1]
@@ -796,6 +812,13 @@ def to_markdown(summary: dict[str, Any]) -> str:
                 f"{_cell(row['mIoU_train_names'])} | "
                 f"{_cell(row['mIoU_paraphrased']) if row['mIoU_paraphrased'] else '–'} "
                 f"| {_cell(kept) if kept else '–'} | {_cell(row['mIoU_subset_mean'])} |"
+            )
+        for row in summary["vocabulary_paired"]:
+            ci = f"[{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]" if row.get("ci95") else "–"
+            lines.append(
+                f"\nPaired, {row['dataset']}, {row['comparison']}: per seed "
+                f"{', '.join(f'{d:+.2f}' for d in row['differences'])}, mean {row['mean']:+.2f}, 95 % CI {ci}, "
+                f"paired t p {_p(row.get('t_p'))}."
             )
         lines.append("")
     if summary["heldout"]:

@@ -100,6 +100,8 @@ def test_aggregate_and_markdown_from_records(compare, tmp_path: Path) -> None:
     vocabulary = {row["method"]: row for row in summary["vocabulary"]}
     assert vocabulary["bridge"]["paraphrase_kept_percent"] == [50.0, 50.0, 50.0]
     assert not vocabulary["fpn"]["open_vocabulary"]
+    (renamed,) = summary["vocabulary_paired"]
+    assert renamed["comparison"] == "bridge - lseg, paraphrased names" and renamed["mean"] == pytest.approx(0.55)
     markdown = compare.to_markdown(summary)
     assert "| mosaic | bridge - denseclip | 3 | +2.00, +2.10, +2.20 | +2.10 |" in markdown
     assert "PARTIAL" not in markdown
