@@ -6,11 +6,15 @@ Two ONNX forms:
   class list are baked in as constants, so the text encoder is not needed at run time;
 - **open vocabulary** (``bridge`` and ``lseg`` models): a second input ``text_embeddings`` [K, Dt] with a dynamic K.
 
-Either way the output is ``logits`` [B, K, H, W], batch, height and width are dynamic (multiples of 32), and the
-model carries its metadata (class names, method, text encoder, ...) in ``metadata_props``, so
-:class:`OnnxBackend` needs nothing but the ``.onnx`` file. It answers the one question of the shared prediction
-loop (`bridgeseg.models.prediction`), "logits for these images and these class embeddings"; padding, slide,
-flip and the arg-max are the loop's, the same as with PyTorch.
+Either way the output is ``logits`` [B, K, H, W], or with ``output="coarse_logits"`` the logits before the final
+bilinear upsampling, [B, K, H/s, W/s] (s, the decoder's stride, is in the metadata as ``logits_stride``): ONNX
+Runtime computes every output of a graph whatever is asked for, so a graph has one of the two. From the coarse
+form `OnnxBackend` upsamples the logits itself (bilinear, as the PyTorch model) and takes labels by the exact fast
+path (`bridgeseg.models.prediction.upsampled_argmax`), which never builds the [B, K, H, W] map. Batch, height and
+width are dynamic (multiples of 32), and the model carries its metadata (class names, method, text encoder, ...)
+in ``metadata_props``, so :class:`OnnxBackend` needs nothing but the ``.onnx`` file. It answers the one question
+of the shared prediction loop (`bridgeseg.models.prediction`), "logits for these images and these class
+embeddings"; padding, slide, flip and the arg-max are the loop's, the same as with PyTorch.
 
 Example:
     >>> export_onnx(model, "model.onnx")  # fixed vocabulary, the model's own classes  # doctest: +SKIP
@@ -44,6 +48,7 @@ from bridgeseg.vocabulary import check_vocabulary, describe_classes, validate_cl
 
 __all__ = [
     "EXPORTERS",
+    "OUTPUTS",
     "SIZE_MULTIPLE",
     "OnnxBackend",
     "ParityReport",
@@ -58,6 +63,8 @@ SIZE_MULTIPLE = 32
 """ONNX inputs must have heights and widths divisible by this (the backbones' output stride)."""
 
 EXPORTERS = ("torchscript", "dynamo")
+OUTPUTS = ("logits", "coarse_logits")
+"""The graph's output: full-size logits, or the logits at the decoder's stride (see the module docstring)."""
 # Traced at this size: not square and with a C5 grid (2 x 3) that no positional grid equals, so size-dependent
 # branches (DenseCLIP's positional-embedding interpolation) take their general path in the trace.
 _TRACE_SIZE = (64, 96)
@@ -71,16 +78,21 @@ _PROBE_TOLERANCE = 1e-3
 # ----------------------------------------------------------------------------------------------------- export
 
 
-class _FixedVocabulary(nn.Module):
-    """`images → logits` with the text embeddings held as a buffer (constants in the ONNX graph)."""
+class _Exported(nn.Module):
+    """`images (, text_embeddings) → logits or coarse logits`: what the ONNX graph computes.
 
-    def __init__(self, model: nn.Module, text_embeddings: Tensor | None) -> None:
+    With a fixed vocabulary the text embeddings are held as a buffer (constants in the graph) and are the only
+    input; with an open vocabulary they are the second input.
+    """
+
+    def __init__(self, model: nn.Module, text_embeddings: Tensor | None, open_vocab: bool, output: str) -> None:
         super().__init__()
-        self.model = model
-        self.register_buffer("text_embeddings", text_embeddings)
+        self.model, self.open_vocab = model, open_vocab
+        self.run = model.coarse_logits if output == "coarse_logits" else model.forward
+        self.register_buffer("fixed_embeddings", None if open_vocab else text_embeddings)
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.model(images, self.text_embeddings)
+    def forward(self, images: Tensor, text_embeddings: Tensor | None = None) -> Tensor:
+        return self.run(images, text_embeddings if self.open_vocab else self.fixed_embeddings)
 
 
 class _TraceableMultiheadAttention(nn.Module):
@@ -152,7 +164,9 @@ def _resolve_vocabulary(model: nn.Module, classes: Sequence[str] | None) -> tupl
     return names, None if embeddings is None else embeddings.detach().float().clone()
 
 
-def _metadata(model: nn.Module, classes: list[str], embeddings: Tensor | None, open_vocab: bool) -> dict[str, str]:
+def _metadata(
+    model: nn.Module, classes: list[str], embeddings: Tensor | None, open_vocab: bool, output: str, stride: int
+) -> dict[str, str]:
     config = model.config
     metadata = {
         "bridgeseg_format": "1",
@@ -165,6 +179,9 @@ def _metadata(model: nn.Module, classes: list[str], embeddings: Tensor | None, o
         "prompt_context": str(config.prompt_context),
         "open_vocab": json.dumps(open_vocab),
         "size_multiple": str(SIZE_MULTIPLE),
+        "output": output,
+        # The output's pixels are this many input pixels apart (1 for full-size logits).
+        "logits_stride": str(stride),
         # The padding colour of the shared prediction loop: 0 after normalisation, as the model pads.
         "pixel_mean": json.dumps([float(v) for v in model.pixel_mean.flatten().tolist()]),
         "config": json.dumps(config.to_dict()),
@@ -182,6 +199,7 @@ def export_onnx(
     classes: Sequence[str] | None = None,
     opset: int = 18,
     exporter: str = "torchscript",
+    output: str = "logits",
 ) -> Path:
     """Export a segmentor to ONNX, with its metadata, checked by `onnx.checker`, written atomically.
 
@@ -195,12 +213,15 @@ def export_onnx(
         opset: ONNX opset version.
         exporter: "torchscript" (`torch.onnx.export(dynamo=False)`, the default: fast and without extra
             dependencies) or "dynamo" (`torch.export`, needs the `onnxscript` package).
+        output: "logits" (full size, the default: what any consumer expects) or "coarse_logits" (before the final
+            upsampling, at the decoder's stride: faster labels with `OnnxBackend`; other consumers upsample them
+            bilinearly, align_corners=False, themselves).
 
     Returns:
         The written path.
 
     Raises:
-        ValueError: `open_vocab` or new `classes` for a closed-set model, or an unknown exporter.
+        ValueError: `open_vocab` or new `classes` for a closed-set model, an unknown exporter or output.
         OSError: `path` cannot be written (checked before the export).
         ImportError: The `onnx` package (or `onnxscript` for the dynamo exporter) is missing.
     """
@@ -208,6 +229,8 @@ def export_onnx(
 
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output {output!r}; use one of {', '.join(OUTPUTS)}")
     if open_vocab and not model.open_vocabulary:
         raise ValueError(
             f"'{model.method}' is closed-set and cannot be exported with open-vocabulary inputs; drop --open-vocab "
@@ -218,27 +241,29 @@ def export_onnx(
     device = next(model.parameters()).device
     images = torch.rand(_TRACE_BATCH, 3, *_TRACE_SIZE, device=device)
     dims = {0: "batch", 2: "height", 3: "width"}
+    output_dims = dims if output == "logits" else {0: "batch", 2: "coarse_height", 3: "coarse_width"}
+    module = _Exported(model, embeddings, open_vocab, output).eval()
     if open_vocab:
-        module: nn.Module = model
         inputs: tuple[Tensor, ...] = (images, embeddings)
         input_names = ["images", "text_embeddings"]
-        dynamic_axes = {"images": dims, "text_embeddings": {0: "num_classes"}, "logits": {**dims, 1: "num_classes"}}
+        classes_dim = {0: "num_classes"}
+        dynamic_axes = {"images": dims, "text_embeddings": classes_dim, output: {**output_dims, 1: "num_classes"}}
     else:
-        module = _FixedVocabulary(model, embeddings).eval()
         inputs = (images,)
         input_names = ["images"]
-        dynamic_axes = {"images": dims, "logits": dims}
+        dynamic_axes = {"images": dims, output: output_dims}
 
     was_training = model.training
     model.eval()
     try:
         if exporter == "torchscript":
-            proto = _export_torchscript(module, inputs, input_names, dynamic_axes, opset)
+            proto = _export_torchscript(module, inputs, input_names, output, dynamic_axes, opset)
         else:
-            proto = _export_dynamo(module, inputs, input_names, open_vocab, opset)
+            proto = _export_dynamo(module, inputs, input_names, output, open_vocab, opset)
         probe = torch.zeros(1, 3, SIZE_MULTIPLE, SIZE_MULTIPLE, device=device)
         with torch.no_grad():
             probe_logits = module(probe, *inputs[1:]).float().mean(dim=(0, 2, 3))  # [K]
+            stride = images.shape[-2] // module(images, *inputs[1:]).shape[-2]
     finally:
         model.train(was_training)
 
@@ -250,8 +275,12 @@ def export_onnx(
     existing = {prop.key: prop.value for prop in proto.metadata_props}
     # The logits of a blank image tie the metadata to this graph: `OnnxBackend` compares them when it loads it.
     fingerprint = {_PROBE_KEY: json.dumps([round(float(value), 6) for value in probe_logits.tolist()])}
-    onnx.helper.set_model_props(proto, existing | _metadata(model, classes, embeddings, open_vocab) | fingerprint)
-    proto.doc_string = f"bridgeseg {model.method} / {model.config.backbone}: images [B, 3, H, W] in [0, 1] → logits"
+    metadata = _metadata(model, classes, embeddings, open_vocab, output, stride)
+    onnx.helper.set_model_props(proto, existing | metadata | fingerprint)
+    shape = "[B, K, H, W]" if output == "logits" else f"[B, K, H/{stride}, W/{stride}]"
+    proto.doc_string = (
+        f"bridgeseg {model.method} / {model.config.backbone}: images [B, 3, H, W] in [0, 1] → {output} {shape}"
+    )
     onnx.checker.check_model(proto)
     serialized = proto.SerializeToString()
     path = write_atomically(path, lambda file: file.write(serialized))
@@ -259,13 +288,13 @@ def export_onnx(
     return path
 
 
-def _export_names(input_names: list[str], opset: int) -> dict[str, Any]:
+def _export_names(input_names: list[str], output: str, opset: int) -> dict[str, Any]:
     """The inputs' and the output's names and the opset: the same for both exporters."""
-    return {"input_names": input_names, "output_names": ["logits"], "opset_version": opset}
+    return {"input_names": input_names, "output_names": [output], "opset_version": opset}
 
 
 def _export_torchscript(
-    module: nn.Module, inputs: tuple[Tensor, ...], input_names: list[str], dynamic_axes: dict, opset: int
+    module: nn.Module, inputs: tuple[Tensor, ...], input_names: list[str], output: str, dynamic_axes: dict, opset: int
 ) -> Any:
     import onnx
 
@@ -281,13 +310,13 @@ def _export_torchscript(
             dynamo=False,
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
-            **_export_names(input_names, opset),
+            **_export_names(input_names, output, opset),
         )
     return onnx.load_from_string(buffer.getvalue())
 
 
 def _export_dynamo(
-    module: nn.Module, inputs: tuple[Tensor, ...], input_names: list[str], open_vocab: bool, opset: int
+    module: nn.Module, inputs: tuple[Tensor, ...], input_names: list[str], output: str, open_vocab: bool, opset: int
 ) -> Any:
     try:
         import onnxscript  # noqa: F401
@@ -306,7 +335,7 @@ def _export_dynamo(
         dynamo=True,
         dynamic_shapes=dynamic_shapes,
         verbose=False,
-        **_export_names(input_names, opset),
+        **_export_names(input_names, output, opset),
     )
     return program.model_proto
 
@@ -332,6 +361,11 @@ def _decode_metadata(raw: dict[str, str], path: str | os.PathLike[str]) -> dict[
             metadata[key] = json.loads(raw[key])
         for key in ("text_dim", "prompt_context", "size_multiple"):
             metadata[key] = int(raw[key])
+        # Files exported before the coarse form have full-size logits.
+        metadata["output"] = raw.get("output", "logits")
+        metadata["logits_stride"] = int(raw.get("logits_stride", "1"))
+        if metadata["output"] not in OUTPUTS or metadata["logits_stride"] < 1:
+            raise ValueError("'output' or 'logits_stride' is out of range")
         if "class_embeddings" in raw:
             values = np.frombuffer(base64.b64decode(raw["class_embeddings"]), dtype="<f4")
             metadata["class_embeddings"] = values.reshape(len(metadata["classes"]), metadata["text_dim"]).copy()
@@ -414,11 +448,12 @@ def check_parity(
         for height, width in sizes:
             images = torch.rand(batch, 3, height, width, generator=generator)
             embeddings = None if text_embeddings is None else text_embeddings.to(device)
-            expected = model(images.to(device), embeddings).float().cpu().numpy()
+            run = model.coarse_logits if metadata["output"] == "coarse_logits" else model
+            expected = run(images.to(device), embeddings).float().cpu().numpy()
             feed = {"images": images.numpy()}
             if metadata["open_vocab"]:
                 feed["text_embeddings"] = text_embeddings.float().cpu().numpy()
-            actual = session.run(["logits"], feed)[0]
+            actual = session.run([metadata["output"]], feed)[0]
             worst_diff = max(worst_diff, float(np.abs(actual - expected).max()))
             worst_agreement = min(worst_agreement, float((actual.argmax(1) == expected.argmax(1)).mean()))
             num_classes = expected.shape[1]
@@ -481,6 +516,10 @@ class OnnxBackend:
         self.text_encoder_name: str = self.metadata["text_encoder"]
         self.size_multiple: int = self.metadata["size_multiple"]
         self.pixel_mean = torch.tensor(self.metadata["pixel_mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.output: str = self.metadata["output"]
+        if self.output == "coarse_logits":
+            # The shared loop's exact fast labels path looks for this method (see `segment`).
+            self.coarse_logits = self._coarse_logits
         self._text_encoder: Any = None
         self._check_graph()
 
@@ -496,7 +535,7 @@ class OnnxBackend:
         """
         inputs = {item.name: item.shape for item in self.session.get_inputs()}
         expected = {"images", "text_embeddings"} if self.open_vocabulary else {"images"}
-        if set(inputs) != expected or "logits" not in {item.name for item in self.session.get_outputs()}:
+        if set(inputs) != expected or self.output not in {item.name for item in self.session.get_outputs()}:
             raise CheckpointError(
                 f"{self.path}: the graph's inputs ({', '.join(inputs)}) do not match its metadata (open_vocab "
                 f"{self.open_vocabulary}); it was not written by `bridgeseg export`: re-export it"
@@ -514,7 +553,7 @@ class OnnxBackend:
             feed["text_embeddings"] = self.metadata["class_embeddings"]
         side = self.size_multiple
         try:
-            probe = self.session.run(["logits"], feed)[0]
+            probe = self.session.run([self.output], feed)[0]
         except Exception as error:  # onnxruntime's own error types
             raise CheckpointError(
                 f"{self.path}: the ONNX model does not run on a {side}×{side} image ({first_line(error)[:200]}); "
@@ -570,9 +609,23 @@ class OnnxBackend:
         with torch.no_grad():
             return self._text_encoder.encode(names, self.metadata["templates"]).float().cpu()
 
-    def logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
-        """Logits [B, K, H, W] of images [B, 3, H, W] in [0, 1] whose sides are multiples of `size_multiple`."""
+    def _run(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
         feed = {"images": np.ascontiguousarray(images.cpu().numpy(), dtype=np.float32)}
         if self.open_vocabulary:
             feed["text_embeddings"] = np.ascontiguousarray(text_embeddings.cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(["logits"], feed)[0])
+        return torch.from_numpy(self.session.run([self.output], feed)[0])
+
+    def logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
+        """Logits [B, K, H, W] of images [B, 3, H, W] in [0, 1] whose sides are multiples of `size_multiple`.
+
+        A coarse graph's logits are upsampled here as the PyTorch model's `forward` does (bilinear,
+        align_corners=False).
+        """
+        logits = self._run(images, text_embeddings)
+        if self.output == "coarse_logits":
+            logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+    def _coarse_logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
+        """A coarse graph's output [B, K, H/s, W/s], for the exact fast labels path of `segment`."""
+        return self._run(images, text_embeddings)
