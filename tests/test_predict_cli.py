@@ -156,3 +156,23 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"bridgeseg {__version__}"
+
+
+def test_precision_option(checkpoint: Path, tmp_path: Path, monkeypatch, caplog, capsys) -> None:
+    from bridgeseg.models import inference
+
+    image = write_image(tmp_path / "in" / "x.png")
+    monkeypatch.setattr(inference, "bf16_is_fast", lambda: False)  # as on a CPU without AVX512-BF16 or AMX
+    assert predict(checkpoint, tmp_path / "fp32", image, options=("--precision", "fp32")) == 0
+    with caplog.at_level("WARNING", logger="bridgeseg.models.inference"):
+        assert predict(checkpoint, tmp_path / "bf16", image, options=("--precision", "bf16")) == 0
+    assert [record.getMessage() for record in caplog.records if "slower than fp32" in record.getMessage()]
+    fp32_mask = np.asarray(Image.open(tmp_path / "fp32" / "x_mask.png"))
+    bf16_mask = np.asarray(Image.open(tmp_path / "bf16" / "x_mask.png"))
+    assert fp32_mask.shape == bf16_mask.shape
+    capsys.readouterr()
+    code = predict(tmp_path / "model.onnx", tmp_path / "onnx", image, options=("--precision", "bf16"))
+    assert code == 2 and "not available for the onnx runtime" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        predict(checkpoint, tmp_path / "bad", image, options=("--precision", "fp16"))
+    assert exit_info.value.code == 2

@@ -29,6 +29,7 @@ from bridgeseg.checkpoints import CONFIG_NAME, WEIGHTS_NAME, load_model, save_ch
 from bridgeseg.errors import first_line
 from bridgeseg.images import ImageInput, SizeLimits, to_tensor
 from bridgeseg.models import SegmentationModel
+from bridgeseg.models.inference import PRECISIONS, resolve_precision
 from bridgeseg.models.prediction import TorchBackend, segment
 from bridgeseg.vocabulary import describe_classes, validate_class_names
 
@@ -73,6 +74,15 @@ class Predictor(
         model: A `SegmentationModel` (run with PyTorch), or a backend such as `bridgeseg.onnx.OnnxBackend`.
         limits: The largest image the model is asked to process, counted after padding and resizing (area and
             aspect ratio); images over it are refused before they are decoded. None: no limit but PIL's.
+        precision: PyTorch runtime: "fp32", "bf16" (the forward under bf16 autocast; float32 logits) or "auto": bf16
+            on a CPU with native bf16 (AVX512-BF16 or AMX, `bridgeseg.models.inference.bf16_is_fast`), fp32
+            elsewhere. An explicit "bf16" where it is emulated works, slower, with a warning.
+        optimize: PyTorch runtime on a CPU: predict with an inference-optimised copy of the model (BatchNorms
+            folded, channels last; `bridgeseg.models.inference.optimize_for_inference`), remade if the model's
+            weights change. The model itself is never changed.
+
+    Raises:
+        ValueError: An unknown precision, or "bf16" for a backend other than PyTorch's.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("outputs/demo/model")  # doctest: +SKIP
@@ -80,9 +90,20 @@ class Predictor(
         {'road': 0.52, 'sky': 0.31, 'car': 0.17}
     """
 
-    def __init__(self, model: SegmentationModel | Any, limits: SizeLimits | None = _DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        model: SegmentationModel | Any,
+        limits: SizeLimits | None = _DEFAULT_LIMITS,
+        precision: str = "auto",
+        optimize: bool = True,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         if isinstance(model, SegmentationModel):
-            model = TorchBackend(model.eval())
+            autocast_dtype = resolve_precision(precision, model.pixel_mean.device)
+            model = TorchBackend(model.eval(), autocast_dtype=autocast_dtype, optimize=optimize)
+        elif precision == "bf16":
+            raise ValueError(f"precision 'bf16' applies to the PyTorch runtime only, not to {type(model).__name__}")
         self.backend = model
         self.limits = limits
         self._text_encoder_error: str | None = None
@@ -94,6 +115,7 @@ class Predictor(
         device: str | torch.device = "cpu",
         runtime: str | None = None,
         threads: int | None = None,
+        precision: str = "auto",
     ) -> Predictor:
         """Load a checkpoint folder, `.safetensors` or Lightning `.ckpt` (PyTorch), or an `.onnx` file.
 
@@ -102,17 +124,24 @@ class Predictor(
             device: PyTorch device.
             runtime: "torch" or "onnx"; default: "onnx" for `.onnx` files, else "torch".
             threads: ONNX Runtime intra-op threads.
+            precision: "auto", "fp32" or "bf16" (PyTorch runtime; see `Predictor`).
 
         Raises:
             CheckpointError: The checkpoint cannot be loaded safely.
             ImportError: ONNX Runtime is not installed (`pip install 'bridgeseg[onnx]'`).
+            ValueError: An unknown precision, or "bf16" with ONNX Runtime.
         """
         runtime = runtime or ("onnx" if str(path).endswith(".onnx") else "torch")
+        if precision not in PRECISIONS or (runtime == "onnx" and precision == "bf16"):
+            raise ValueError(
+                f"precision {precision!r} is not available for the {runtime} runtime; "
+                f"use {'auto or fp32' if runtime == 'onnx' else ', '.join(PRECISIONS)}"
+            )
         if runtime == "onnx":
             from bridgeseg.onnx import OnnxBackend  # onnxruntime is an optional extra
 
-            return cls(OnnxBackend(path, threads=threads))
-        return cls(load_model(path, device=device))
+            return cls(OnnxBackend(path, threads=threads), precision=precision)
+        return cls(load_model(path, device=device), precision=precision)
 
     @property
     def model(self) -> SegmentationModel:
@@ -134,6 +163,11 @@ class Predictor(
     def open_vocabulary(self) -> bool:
         """Whether `predict` takes class names other than the model's."""
         return bool(self.backend.open_vocabulary)
+
+    @property
+    def precision(self) -> str:
+        """The precision the forward runs in: "bf16" (autocast) or "fp32"."""
+        return "bf16" if getattr(self.backend, "autocast_dtype", None) == torch.bfloat16 else "fp32"
 
     @property
     def device(self) -> torch.device:

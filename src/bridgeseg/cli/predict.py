@@ -31,6 +31,7 @@ from bridgeseg.cli._options import add_checkpoint_argument, check_device
 from bridgeseg.errors import DatasetError, first_line
 from bridgeseg.images import IMAGE_EXTENSIONS, load_image
 from bridgeseg.io import write_atomically
+from bridgeseg.models.inference import PRECISIONS
 from bridgeseg.predictor import Prediction, Predictor
 from bridgeseg.visualize import overlay, palette
 from bridgeseg.vocabulary import parse_class_list
@@ -60,6 +61,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--stride", type=int, default=341, help="window stride for --mode slide")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    parser.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="auto",
+        help="PyTorch forward precision: bf16 autocast or fp32; auto: bf16 on CPUs with native bf16 (AVX512-BF16 or "
+        "AMX), fp32 elsewhere; bf16 where it is emulated is slower than fp32 (default: auto)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(run=run)
 
@@ -156,7 +164,9 @@ def _load(args: argparse.Namespace) -> Predictor:
         logger.info("%s is an ONNX model: using the onnx runtime", args.checkpoint)
         runtime = "onnx"
     try:
-        return Predictor.from_checkpoint(args.checkpoint, device=check_device(args.device), runtime=runtime)
+        return Predictor.from_checkpoint(
+            args.checkpoint, device=check_device(args.device), runtime=runtime, precision=args.precision
+        )
     except ImportError as error:
         raise ValueError(
             f"the onnx runtime is unavailable ({error}); install it with `pip install bridgeseg[onnx]`"

@@ -16,12 +16,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from bridgeseg.models.inference import optimize_for_inference
 
 if TYPE_CHECKING:
     from bridgeseg.models.segmentor import SegmentationModel
@@ -37,6 +40,8 @@ __all__ = [
 ]
 
 MODES = ("whole", "slide")
+
+logger = logging.getLogger(__name__)
 
 
 class LogitsBackend(Protocol):
@@ -260,10 +265,21 @@ class TorchBackend:
 
     Args:
         model: The model; `segment` does not switch it to eval mode (`SegmentationModel.predict` does).
+        autocast_dtype: Run the forward under `torch.autocast` with this dtype (e.g. `torch.bfloat16`); the logits
+            come back as float32 either way. None: the model's own precision.
+        optimize: On a CPU, run an inference-optimised copy of the model (`optimize_for_inference`: BatchNorms
+            folded, channels last) instead of the model itself. The copy is made at the first forward and again
+            whenever the model's weights change (an optimiser step, `load_state_dict`, a move), so it never serves
+            stale weights; `model` itself is never changed. Off for training and validation.
     """
 
-    def __init__(self, model: SegmentationModel) -> None:
+    def __init__(
+        self, model: SegmentationModel, autocast_dtype: torch.dtype | None = None, optimize: bool = False
+    ) -> None:
         self.model = model
+        self.autocast_dtype = autocast_dtype
+        self.optimize = optimize
+        self._optimized: tuple[tuple[tuple[int, int], ...], SegmentationModel] | None = None
         # Fixed when the model is built.
         self.size_multiple, self.method, self.classes = model.output_stride, model.method, list(model.classes)
         self.open_vocabulary, self.text_encoder_name = model.open_vocabulary, model.config.text_encoder
@@ -277,8 +293,35 @@ class TorchBackend:
         return self.model.text_embeddings(classes)
 
     def logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
-        return self.model(images, text_embeddings)
+        return self._run(lambda network: network(images, text_embeddings))
 
     def coarse_logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
         """Logits before the final bilinear upsampling, [B, K, H/s, W/s]: for the exact fast labels path."""
-        return self.model.coarse_logits(images, text_embeddings)
+        return self._run(lambda network: network.coarse_logits(images, text_embeddings))
+
+    def _run(self, forward: Callable[[SegmentationModel], Tensor]) -> Tensor:
+        network = self._network()
+        if self.autocast_dtype is None:
+            return forward(network)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            return forward(network).float()
+
+    def _network(self) -> SegmentationModel:
+        """The model, or its inference-optimised copy, remade when the model's weights have changed."""
+        if not self.optimize or self.device.type != "cpu" or self.model.training:
+            return self.model
+        weights = [*self.model.parameters(), *self.model.buffers()]
+        key = tuple((tensor.data_ptr(), _version(tensor)) for tensor in weights)
+        if self._optimized is None or self._optimized[0] != key:
+            try:
+                self._optimized = (key, optimize_for_inference(self.model))
+            except RuntimeError as error:
+                logger.warning("running %s without inference optimisations: %s", self.method, error)
+                self.optimize = False
+                return self.model
+        return self._optimized[1]
+
+
+def _version(tensor: Tensor) -> int:
+    """A tensor's in-place change counter; -1 for inference tensors, which keep none (their storage still counts)."""
+    return -1 if tensor.is_inference() else tensor._version
