@@ -1,0 +1,177 @@
+"""What bf16 and the inference optimisations change in mIoU: the demo model on the mosaic val split.
+
+The model `make demo` trains (`outputs/demo/model`, on `data/mosaic`) is evaluated as validation evaluates it
+(`SegmentationModule`: the val loader of `SegmentationDataModule`, whole-image `segment` at each image's own size,
+`SegmentationMetric`), four ways:
+
+- fp32, the model as trained: `model.predict`, validation's own call;
+- fp32, the inference-optimised copy (`optimize_for_inference`: BatchNorms folded, channels last);
+- bf16 autocast, the model as trained;
+- bf16 autocast, the optimised copy: what `Predictor(..., precision="bf16")` runs.
+
+On a CPU without native bf16 the bf16 forwards are emulated, slowly, but with bf16's rounding: the mIoU is what a
+CPU with AVX512-BF16 or AMX would give (up to kernel differences), only the time is not.
+
+Usage:
+    python benchmarks/precision.py --out benchmarks/results/precision
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bridgeseg.checkpoints import load_model
+from bridgeseg.engine.datamodule import SegmentationDataModule
+from bridgeseg.engine.metrics import SegmentationMetric
+from bridgeseg.io import write_atomically
+from bridgeseg.models.inference import bf16_is_fast
+from bridgeseg.models.prediction import TorchBackend, segment
+
+logger = logging.getLogger("benchmarks.precision")
+
+REFERENCE = "fp32, as trained"
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    checkpoint, data = Path(args.checkpoint), Path(args.data)
+    missing = [str(path) for path in (checkpoint, data / "images" / "val") if not path.exists()]
+    if missing:
+        raise SystemExit(f"error: {', '.join(missing)} not found; `make demo` trains the model and makes the data")
+    model = load_model(checkpoint).eval()
+    # The demo config's data: the folder dataset, validation images at their own size, batch 1.
+    datamodule = SegmentationDataModule(dataset="folder", root=str(data), num_workers=0)
+    batches = list(datamodule.val_dataloader())
+    embeddings = model.text_embeddings()
+    backends = {
+        "fp32, optimised": TorchBackend(model, optimize=True),
+        "bf16, as trained": TorchBackend(model, autocast_dtype=torch.bfloat16),
+        "bf16, optimised": TorchBackend(model, autocast_dtype=torch.bfloat16, optimize=True),
+    }
+
+    def validation(image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        return model.predict(image, mode="whole", output_size=output_size)  # as `SegmentationModule._segment`
+
+    def backend_predict(backend: TorchBackend) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
+        def predict(image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+            with torch.inference_mode():
+                return segment(backend, image, embeddings, mode="whole", output_size=output_size)
+
+        return predict
+
+    variants = {REFERENCE: validation, **{name: backend_predict(backend) for name, backend in backends.items()}}
+    reference_labels: list[torch.Tensor] = []
+    results = {}
+    for name, predict in variants.items():
+        metric = SegmentationMetric(model.num_classes)
+        agree = total = 0
+        start = time.perf_counter()
+        samples = [sample for batch in batches for sample in zip(batch["image"], batch["mask"], strict=True)]
+        for index, (image, mask) in enumerate(samples):
+            labels = predict(image.unsqueeze(0), tuple(mask.shape[-2:]))
+            metric.update(labels, mask.unsqueeze(0))
+            if name == REFERENCE:
+                reference_labels.append(labels)
+            else:
+                agree += int((labels == reference_labels[index]).sum())
+                total += labels.numel()
+        scores = metric.compute()
+        results[name] = {
+            "mIoU": float(scores["mIoU"]),
+            "mAcc": float(scores["mAcc"]),
+            "aAcc": float(scores["aAcc"]),
+            "labels_equal_to_reference": 1.0 if name == REFERENCE else agree / total,
+            "seconds": time.perf_counter() - start,
+        }
+        logger.info("%-18s mIoU %.2f (%.0f s)", name, results[name]["mIoU"], results[name]["seconds"])
+    for result in results.values():
+        result["mIoU_delta"] = result["mIoU"] - results[REFERENCE]["mIoU"]
+    return {
+        "settings": {
+            "command": args.command,
+            "checkpoint": str(checkpoint),
+            "data": str(data),
+            "split": "val",
+            "images": sum(len(batch["image"]) for batch in batches),
+            "method": model.method,
+            "backbone": model.config.backbone,
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_is_fast": bf16_is_fast(),
+            "cpus": os.cpu_count(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+        "reference": REFERENCE,
+        "results": results,
+    }
+
+
+def to_markdown(summary: dict) -> str:
+    settings = summary["settings"]
+    native = "native" if settings["bf16_is_fast"] else "emulated (no AVX512-BF16 or AMX)"
+    lines = [
+        f"# mIoU of the demo model in bf16 and optimised, mosaic {settings['split']}",
+        "",
+        f"`{settings['command']}` — {settings['method']} / {settings['backbone']} from `{settings['checkpoint']}`, "
+        f"{settings['images']} images of `{settings['data']}` at their own size, whole-image inference as "
+        f"validation runs it, torch {settings['torch']}, {settings['threads']} thread(s), {settings['date']}. "
+        f"bf16 here was {native}: its rounding is bf16's, so the mIoU carries over to CPUs with native bf16 "
+        "(their kernels may round a little differently); its time does not, and the cores were shared with other "
+        "work, so the seconds are only a rough cost of emulation.",
+        "",
+        "| forward | mIoU | Δ mIoU | mAcc | aAcc | labels equal to fp32 as trained | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, result in summary["results"].items():
+        lines.append(
+            f"| {name} | {result['mIoU']:.2f} | {result['mIoU_delta']:+.2f} | {result['mAcc']:.2f} | "
+            f"{result['aAcc']:.2f} | {100 * result['labels_equal_to_reference']:.3f} % | {result['seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        '"As trained" runs the model itself (fp32: `model.predict`, validation\'s call); "optimised" runs '
+        "`optimize_for_inference(model)` (BatchNorms folded, channels last), as `bridgeseg.Predictor` does. The "
+        "label agreement counts every evaluated pixel (ignored ones included).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="outputs/demo/model", help="the demo model (`make demo`)")
+    parser.add_argument("--data", default="data/mosaic", help="the mosaic it was trained on")
+    parser.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads")
+    parser.add_argument("--out", default="benchmarks/results/precision", help="output path without suffix")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    args.command = " ".join(["python", "benchmarks/precision.py", *argv])
+    summary = evaluate(args)
+    out = Path(args.out)
+    table = to_markdown(summary)
+    write_atomically(out.with_suffix(".md"), lambda f: f.write(table.encode()))
+    write_atomically(out.with_suffix(".json"), lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
+    print(table)
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
