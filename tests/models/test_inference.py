@@ -72,23 +72,30 @@ def test_optimising_leaves_training_alone(class_embeddings: torch.Tensor) -> Non
     assert not torch.equal(norm.running_mean, running_mean)
 
 
-def test_a_conv_whose_output_is_also_used_elsewhere_is_caught() -> None:
-    class Shared(nn.Module):  # conv → BatchNorm, with the conv's output also added back: folding is wrong here
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv, self.norm = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+class _SharedOutput(nn.Module):
+    """conv → BatchNorm, with the conv's output also added back: folding the BatchNorm would be wrong here."""
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = self.conv(x)
-            return self.norm(y) + y
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels)
+        self.norm.running_mean.fill_(1.0)
 
-    module = Shared().eval()
-    module.norm.running_mean.fill_(1.0)
-    images = torch.rand(1, 3, 8, 8)
-    expected = module(images)
-    assert inference.fold_batch_norms(module, lambda: module(images)) == 1
-    # Folding trusts the call order; `optimize_for_inference` checks the copy's logits and refuses such a model.
-    assert not torch.allclose(module(images), expected)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.norm(y) + y
+
+
+def test_a_layer_pattern_folding_gets_wrong_is_caught(class_embeddings: torch.Tensor, caplog) -> None:
+    model = _model("bridge", class_embeddings)
+    model.decoder.fuse = _SharedOutput(16).eval()
+    with pytest.raises(RuntimeError, match="differs from the model"):
+        optimize_for_inference(model)
+    # The backend then runs the model as it is, and says so.
+    backend = TorchBackend(model, optimize=True)
+    with caplog.at_level(logging.WARNING, logger="bridgeseg.models.prediction"):
+        assert backend._network() is model
+    assert "without inference optimisations" in caplog.text
+    assert not backend.optimize
 
 
 def test_backend_remakes_the_copy_when_the_weights_change(class_embeddings: torch.Tensor) -> None:

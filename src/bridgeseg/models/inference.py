@@ -2,9 +2,10 @@
 
 `optimize_for_inference` returns a faster copy of an eval-mode `SegmentationModel` for prediction: every
 BatchNorm that directly follows a convolution is folded into it (PyTorch's `fuse_conv_bn_eval`), which removes a
-full pass over each of those feature maps; the original model is left as it is, so training, validation and
-checkpoints never see the copy. The outputs equal the original's up to float rounding (checked on a sample when
-the copy is made).
+full pass over each of those feature maps, and the weights are stored channels last, which oneDNN's CPU
+convolutions run faster in (see docs/inference.md for the measurements). The original model is left as it is, so
+training, validation and checkpoints never see the copy. The outputs equal the original's up to float rounding
+(checked on a sample when the copy is made).
 
 `bf16_is_fast` says whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere PyTorch emulates
 it and a bf16 forward is slower than fp32. `resolve_precision` turns the `precision` option of
@@ -58,8 +59,8 @@ def optimize_for_inference(
 
     Args:
         model: The model; it is not modified.
-        channels_last: Store the convolution weights channels last (NHWC), so that oneDNN's convolutions run in
-            that layout and their outputs stay in it, instead of converting every map to and from NCHW.
+        channels_last: Store the convolution weights channels last (NHWC): the convolutions then run and return
+            their maps in that layout, which on CPUs is faster for them and for reductions over the channels.
         sample_size: Side of the random image the copy is checked on against `model`.
 
     Returns:
