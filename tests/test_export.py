@@ -207,6 +207,10 @@ def _args(**values: object) -> argparse.Namespace:
         "open_vocab": False,
         "opset": 18,
         "exporter": "torchscript",
+        "int8": False,
+        "calibration": None,
+        "calibration_images": 32,
+        "calibration_size": 512,
     }
     return argparse.Namespace(**(defaults | values))
 

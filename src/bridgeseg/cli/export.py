@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from bridgeseg.checkpoints import WEIGHTS_NAME, convert_checkpoint, load_model
 from bridgeseg.cli._options import add_checkpoint_argument
 from bridgeseg.errors import UserError
 from bridgeseg.io import check_writable
+from bridgeseg.quantization import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_SIZE
 from bridgeseg.vocabulary import parse_class_list
 
 
@@ -28,16 +30,40 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="PyTorch's TorchScript-based exporter (deprecated by PyTorch, seconds) or the torch.export-based one "
         "(needs onnxscript, minutes); see docs/export.md",
     )
+    int8 = parser.add_argument_group("int8 (ONNX Runtime static quantisation, see docs/export.md)")
+    int8.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantise the ONNX model to int8 (weights per channel, activations calibrated on --calibration); "
+        "its agreement with PyTorch is printed, not held to the 99.9 %% rule of float32 exports",
+    )
+    int8.add_argument("--calibration", metavar="DIR", help="folder of training images to calibrate --int8 on")
+    int8.add_argument(
+        "--calibration-images",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        metavar="N",
+        help="calibration images, spread over the folder (default: %(default)s)",
+    )
+    int8.add_argument(
+        "--calibration-size",
+        type=int,
+        default=DEFAULT_CALIBRATION_SIZE,
+        metavar="S",
+        help="side the calibration images are resized and cropped to, a multiple of 32 (default: %(default)s)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Export a checkpoint to safetensors (`--format safetensors --out DIR`) or ONNX (`--onnx FILE`).
 
-    For ONNX the export is checked against PyTorch with onnxruntime and the numbers printed.
+    For ONNX the export is checked against PyTorch with onnxruntime and the numbers printed. With `--int8` the
+    float32 export goes to a temporary file and its int8 quantisation to `--onnx FILE`; its agreement with PyTorch
+    is printed for information (int8 moves some arg-maxes, more so on a model whose logits are close).
 
     Returns:
-        0 on success, 1 when the ONNX model disagrees with PyTorch.
+        0 on success, 1 when a float32 ONNX model disagrees with PyTorch.
 
     Raises:
         UserError: Missing or contradictory arguments.
@@ -46,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.format or ("onnx" if args.onnx else None)
     if fmt is None:
         raise UserError("nothing to export to: give --onnx FILE, or --format safetensors --out DIR")
+    _check_int8_arguments(args, fmt)
     if fmt == "safetensors":
         if not args.out:
             raise UserError("--format safetensors needs --out DIR (the output folder)")
@@ -64,14 +91,48 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint)
     from bridgeseg.onnx import check_parity, export_onnx  # onnx is an optional extra
 
-    path = export_onnx(
-        model, args.onnx, open_vocab=args.open_vocab, classes=classes, opset=args.opset, exporter=args.exporter
-    )
+    options = {"open_vocab": args.open_vocab, "classes": classes, "opset": args.opset, "exporter": args.exporter}
+    if args.int8:
+        from bridgeseg.quantization import calibration_images, quantize_onnx
+
+        calibration_images(args.calibration, args.calibration_images)  # an empty folder fails before the export
+        with tempfile.TemporaryDirectory(prefix="bridgeseg-export-") as work:
+            float32 = export_onnx(model, Path(work) / "float32.onnx", **options)
+            path = quantize_onnx(
+                float32, args.onnx, args.calibration, num_images=args.calibration_images, size=args.calibration_size
+            )
+    else:
+        path = export_onnx(model, args.onnx, **options)
     report = check_parity(model, path)  # with the embeddings of the classes in the file's metadata
     vocabulary = "open vocabulary" if args.open_vocab else "fixed vocabulary"
-    print(f"wrote {path} ({vocabulary}, {report.num_classes} classes, opset {args.opset}, {args.exporter} exporter)")
+    precision = ", int8" if args.int8 else ""
+    print(
+        f"wrote {path} ({vocabulary}{precision}, {report.num_classes} classes, opset {args.opset}, {args.exporter} "
+        "exporter)"
+    )
     print(f"parity with PyTorch (onnxruntime): {report}")
+    if args.int8:
+        print(
+            "int8: agreement on random images, for information (the 99.9 % rule is for float32 exports); measure "
+            "the int8 model on your validation data"
+        )
+        return 0
     if report.argmax_agreement < 0.999:
         print("error: the ONNX model disagrees with PyTorch on more than 0.1 % of pixels", flush=True)
         return 1
     return 0
+
+
+def _check_int8_arguments(args: argparse.Namespace, fmt: str) -> None:
+    """`--int8` needs `--onnx` and `--calibration DIR`; `--calibration` needs `--int8`."""
+    int8 = args.int8
+    if int8 and fmt != "onnx":
+        raise UserError("--int8 applies to ONNX exports only; give --onnx FILE instead of --format safetensors")
+    if int8 and not args.calibration:
+        raise UserError("--int8 needs --calibration DIR, a folder of training images to calibrate the int8 ranges on")
+    if not int8 and args.calibration:
+        raise UserError("--calibration is for --int8; add --int8, or drop --calibration")
+    if int8 and args.calibration_images < 1:
+        raise UserError(f"--calibration-images must be at least 1, got {args.calibration_images}")
+    if int8 and (args.calibration_size < 32 or args.calibration_size % 32):
+        raise UserError(f"--calibration-size must be a positive multiple of 32, got {args.calibration_size}")
