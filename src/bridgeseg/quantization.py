@@ -152,6 +152,25 @@ def calibration_reader(files: Sequence[Path], size: int, text_embeddings: np.nda
     return ImageCalibrationReader()
 
 
+class _BiasScaleNotes(logging.Filter):
+    """Counts onnxruntime's note, one per output channel, that it widened a weight scale for the channel's bias.
+
+    The QDQ quantiser stores each bias in int32 with the scale input scale × weight scale; where a channel's
+    weights are tiny next to its bias (channels the BatchNorm fold nearly zeroed), it widens that weight scale and
+    logs one INFO line per channel, dozens for EfficientNet-Lite0. They are counted and summed up in one line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.INFO and record.getMessage().startswith("Increased scale"):
+            self.count += 1
+            return False
+        return True
+
+
 def _probe_logits(model_bytes: bytes, metadata: dict[str, Any]) -> list[float]:
     """Mean logits [K] of the blank image `OnnxBackend` checks at load time, from this graph under ONNX Runtime."""
     import onnxruntime as ort
@@ -225,29 +244,40 @@ def quantize_onnx(
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared))
         float_nodes = _shape_arithmetic(graph) + _logit_nodes(graph) + _high_resolution_stem(graph, float_stride)
-        quantize_static(
-            str(prepared),
-            str(quantized),
-            calibration_reader(files, size, text_embeddings),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OPS),
-            nodes_to_exclude=float_nodes,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            # U8S8 (uint8 activations, int8 weights). ORT's guide names S8S8 in the QDQ format as the generic first
-            # choice, but x86's int8 dot products (AVX2 VPMADDUBSW, AVX512-VNNI VPDPBUSD) multiply unsigned by
-            # signed bytes and ORT's x86 kernels are U8S8: with int8 activations onnxruntime 1.32 left the 1×1
-            # convolutions unfused here (DequantizeLinear → float Conv → QuantizeLinear), with uint8 every
-            # convolution became a QLinearConv.
-            activation_type=QuantType.QUInt8,
-            # Weights on 7 bits: on AVX2 and AVX512 CPUs without VNNI, U8S8 products are summed in pairs into int16
-            # (VPMADDUBSW), which saturates with full-range weights; ORT's guide recommends reduce_range there. Its
-            # cost on VNNI CPUs, which do not saturate, is half a bit of weight precision.
-            reduce_range=reduce_range,
-            # Min / max calibration keeps only each tensor's min and max per image (ReduceMin / ReduceMax outputs),
-            # so memory does not grow with the images. "CalibMaxIntermediateOutputs" is left unset on purpose: in
-            # onnxruntime 1.32 it drops the collected ranges instead of merging them.
-        )
+        notes = _BiasScaleNotes()
+        logging.getLogger().addFilter(notes)  # onnxruntime.quantization logs on the root logger
+        try:
+            quantize_static(
+                str(prepared),
+                str(quantized),
+                calibration_reader(files, size, text_embeddings),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                nodes_to_exclude=float_nodes,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                # U8S8 (uint8 activations, int8 weights). ORT's guide names S8S8 in the QDQ format as the generic first
+                # choice, but x86's int8 dot products (AVX2 VPMADDUBSW, AVX512-VNNI VPDPBUSD) multiply unsigned by
+                # signed bytes and ORT's x86 kernels are U8S8: with int8 activations onnxruntime 1.32 left the 1×1
+                # convolutions unfused here (DequantizeLinear → float Conv → QuantizeLinear), with uint8 every
+                # convolution became a QLinearConv.
+                activation_type=QuantType.QUInt8,
+                # Weights on 7 bits: on AVX2 and AVX512 CPUs without VNNI, U8S8 products are summed in pairs into int16
+                # (VPMADDUBSW), which saturates with full-range weights; ORT's guide recommends reduce_range there. Its
+                # cost on VNNI CPUs, which do not saturate, is half a bit of weight precision.
+                reduce_range=reduce_range,
+                # Min / max calibration keeps only each tensor's min and max per image (ReduceMin / ReduceMax outputs),
+                # so memory does not grow with the images. "CalibMaxIntermediateOutputs" is left unset on purpose: in
+                # onnxruntime 1.32 it drops the collected ranges instead of merging them.
+            )
+        finally:
+            logging.getLogger().removeFilter(notes)
+        if notes.count:
+            logger.info(
+                "onnxruntime widened the int8 weight scale of %d output channels so that their int32 biases fit "
+                "(channels whose weights are tiny next to their bias)",
+                notes.count,
+            )
         proto = onnx.load(str(quantized))
 
     properties = {prop.key: prop.value for prop in proto.metadata_props}
