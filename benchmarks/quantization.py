@@ -4,13 +4,14 @@ With the model `make demo` trains (`outputs/demo/model`, `bridge` / EfficientNet
 `data/mosaic`), one run
 
 1. exports the fixed-vocabulary float32 ONNX model (`bridgeseg.onnx.export_onnx`) and quantises it to int8
-   (`bridgeseg.quantization.quantize_onnx`), calibrated on images of the mosaic's train split;
+   (`bridgeseg.quantization.quantize_onnx`), calibrated on images of the mosaic's train split: the default, and
+   for the record of its choices two variants without them (`VARIANTS`);
 2. evaluates PyTorch, ORT float32 and ORT int8 on the mosaic's val split with the project's own evaluation: the
    dataset class and evaluation transforms of validation, the shared prediction loop (`segment`, whole image, as
    the demo config validates) and `SegmentationMetric` (mmseg's mIoU);
-3. times ORT float32 and int8 round-robin at `--size` (one image, `--threads` intra-op threads): each round runs
-   both once, in alternating order, so load changes on shared cores hit both alike. The ratio is the result; the
-   absolute times depend on what else runs on the cores.
+3. times ORT float32 and the int8 models round-robin at `--size` (one image, `--threads` intra-op threads): each
+   round runs each once, in alternating order, so load changes on shared cores hit them alike. The ratios are the
+   result; the absolute times depend on what else runs on the cores.
 
 Idle ORT threads wait passively (`session.intra_op.allow_spinning=0`), as in `benchmarks/latency.py`.
 

@@ -1,11 +1,12 @@
 """int8 static quantisation of an exported ONNX model, with ONNX Runtime's own tools.
 
 `quantize_onnx` turns a float32 file written by `bridgeseg.onnx.export_onnx` into an int8 one: ONNX Runtime's
-pre-processing (`quant_pre_process`: symbolic and ONNX shape inference, basic graph optimisation), then
-`quantize_static` in the QDQ format (QuantizeLinear / DequantizeLinear pairs around each quantised operator),
-weights int8 per output channel, activations int8 with ranges calibrated (min / max) on training images. The
-result is a bridgeseg ONNX model like any other: the same inputs, outputs and metadata, with ``precision`` int8,
-so `bridgeseg.onnx.OnnxBackend` and `bridgeseg.Predictor.from_checkpoint` load it.
+pre-processing (`quant_pre_process`: ONNX shape inference, basic graph optimisation), then `quantize_static` in
+the QDQ format (QuantizeLinear / DequantizeLinear pairs around each quantised operator), weights int8 per output
+channel, activations uint8 with ranges calibrated (min / max) on training images. Shape arithmetic, the logits and
+the high-resolution stem stay float (see `quantize_onnx`). The result is a bridgeseg ONNX model like any other:
+the same inputs, outputs and metadata, with ``precision`` int8, so `bridgeseg.onnx.OnnxBackend` and
+`bridgeseg.Predictor.from_checkpoint` load it.
 
 Calibration runs the float model on a few training images and records the range of every activation; those
 ranges fix the int8 scales. Images the model will see later should look like them.
@@ -37,6 +38,8 @@ from bridgeseg.onnx import _PROBE_KEY, SIZE_MULTIPLE, read_metadata
 __all__ = [
     "DEFAULT_CALIBRATION_IMAGES",
     "DEFAULT_CALIBRATION_SIZE",
+    "DEFAULT_FLOAT_STRIDE",
+    "QUANTIZED_OPS",
     "calibration_images",
     "calibration_reader",
     "load_calibration_image",
@@ -52,10 +55,9 @@ DEFAULT_CALIBRATION_SIZE = 512
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Add", "Mul", "Clip", "Relu")
 """Operators quantised. Clip and Relu (ReLU6 and ReLU) are there so that a convolution's output is quantised
-over the activation's range ([0, 6]), not over the raw convolution output, whose channels span ±100 after the
-BatchNorm fold (one scale for all of them erases the small ones);
-Add and Mul keep residual sums and scalings in int8 between convolutions. Resize, LayerNormalization, Softmax and
-the L2 normalisation stay float."""
+over the activation's range ([0, 6]), not over the raw convolution output, whose channels can span ±100 after the
+BatchNorm fold (one scale for all of them erases the small ones); Add and Mul keep residual sums and scalings in
+int8 between convolutions. Resize, LayerNormalization, Softmax and the L2 normalisation stay float."""
 
 DEFAULT_FLOAT_STRIDE = 4
 """The layers before the network first goes coarser than stride 4 stay float by default. They run on the most
