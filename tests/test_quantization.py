@@ -221,3 +221,18 @@ def test_cli_reports_an_empty_calibration_folder_in_one_line_and_keeps_the_outpu
         main(["export", "--checkpoint", str(checkpoint), "--onnx", str(tmp_path), "--int8", "--calibration", "x"]) == 2
     )
     assert "it is a folder" in capsys.readouterr().err
+
+
+def test_the_recorded_probe_holds_on_the_unfused_reference_path(quantized: dict) -> None:
+    # Another CPU runs other int8 kernels; ONNX Runtime's unoptimised path (QuantizeLinear / DequantizeLinear as
+    # float arithmetic, no fused int8 kernel) is the farthest from the fused one here, and must pass the load check.
+    import onnxruntime as ort
+
+    int8 = quantized[True][1]
+    metadata = read_metadata(int8)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    feed = {"images": np.zeros((1, 3, 32, 32), np.float32), "text_embeddings": metadata["class_embeddings"]}
+    probe = session.run(["logits"], feed)[0].mean(axis=(0, 2, 3))
+    np.testing.assert_allclose(probe, metadata["probe_logits"], rtol=1e-3, atol=1e-3)
