@@ -207,6 +207,7 @@ def _args(**values: object) -> argparse.Namespace:
         "open_vocab": False,
         "opset": 18,
         "exporter": "torchscript",
+        "coarse_logits": False,
         "int8": False,
         "calibration": None,
         "calibration_images": 32,

@@ -236,3 +236,16 @@ def test_the_recorded_probe_holds_on_the_unfused_reference_path(quantized: dict)
     feed = {"images": np.zeros((1, 3, 32, 32), np.float32), "text_embeddings": metadata["class_embeddings"]}
     probe = session.run(["logits"], feed)[0].mean(axis=(0, 2, 3))
     np.testing.assert_allclose(probe, metadata["probe_logits"], rtol=1e-3, atol=1e-3)
+
+
+def test_the_coarse_form_quantises_and_gives_fast_labels(trained, calibration: Path, tmp_path: Path) -> None:
+    """int8 of a coarse export: the probe is the coarse output's, and labels come by the exact fast path."""
+    float32 = export_onnx(trained, tmp_path / "coarse.onnx", output="coarse_logits")
+    int8 = quantize_onnx(float32, tmp_path / "coarse_int8.onnx", calibration, size=CALIBRATION_SIZE)
+    backend = OnnxBackend(int8)  # the load-time probe check on the coarse output
+    assert backend.output == "coarse_logits" and read_metadata(int8)["precision"] == "int8"
+    reference = Predictor.from_checkpoint(float32)
+    images, _ = _scenes(6, 96, 128, seed=2000)  # as test_int8_agrees_with_float32
+    agree = np.mean([(Predictor(backend).predict(i).labels == reference.predict(i).labels).mean() for i in images])
+    assert agree >= 0.98
+    assert Predictor(backend).predict(images[0][:, :70, :100]).labels.shape == (70, 100)

@@ -43,6 +43,7 @@ __all__ = [
     "calibration_images",
     "calibration_reader",
     "load_calibration_image",
+    "quantize_graph",
     "quantize_onnx",
 ]
 
@@ -182,7 +183,7 @@ def _probe_logits(model_bytes: bytes, metadata: dict[str, Any]) -> list[float]:
     feed = {"images": np.zeros((1, 3, side, side), dtype=np.float32)}
     if metadata["open_vocab"]:
         feed["text_embeddings"] = metadata["class_embeddings"]
-    logits = session.run(["logits"], feed)[0]
+    logits = session.run([metadata["output"]], feed)[0]  # full-size or coarse logits, as the fp32 graph
     return [round(float(value), 6) for value in logits.astype(np.float32).mean(axis=(0, 2, 3))]
 
 
@@ -219,7 +220,6 @@ def quantize_onnx(
         OSError: `out_path` cannot be written (checked before the work).
     """
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
@@ -237,6 +237,55 @@ def quantize_onnx(
     files = calibration_images(calibration, num_images)
     check_writable(out_path)  # before the calibration, which takes a while
 
+    proto = quantize_graph(
+        fp32_path,
+        calibration_reader(files, size, text_embeddings),
+        float_stride=float_stride,
+        reduce_range=reduce_range,
+    )
+    properties = {prop.key: prop.value for prop in proto.metadata_props}
+    properties |= {prop.key: prop.value for prop in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+    properties |= {
+        "precision": "int8",
+        "calibration_images": str(len(files)),
+        "calibration_size": str(size),
+    }
+    onnx.helper.set_model_props(proto, properties)
+    # The fp32 file's probe logits are PyTorch's; the int8 graph gives others. Recorded from the int8 graph itself,
+    # they keep `OnnxBackend`'s load-time check (metadata belongs to this graph) meaningful.
+    properties[_PROBE_KEY] = json.dumps(_probe_logits(proto.SerializeToString(), metadata))
+    onnx.helper.set_model_props(proto, properties)
+    proto.doc_string = f"{proto.doc_string} (int8, calibrated on {len(files)} images of {size}×{size})".strip()
+    onnx.checker.check_model(proto)
+    serialized = proto.SerializeToString()
+    written = write_atomically(out_path, lambda file: file.write(serialized))
+    logger.debug("wrote %s (int8, calibrated on %d images of %dx%d)", written, len(files), size, size)
+    return written
+
+
+def quantize_graph(
+    fp32_path: str | os.PathLike[str],
+    reader: Any,
+    float_stride: int = DEFAULT_FLOAT_STRIDE,
+    reduce_range: bool = True,
+) -> Any:
+    """The int8 graph of any float32 ONNX segmentation graph (input ``images``), with bridgeseg's settings.
+
+    `quantize_onnx` is this plus the bridgeseg metadata; this part also quantises a peer's graph the same way
+    (benchmarks/latency.py).
+
+    Args:
+        fp32_path: The float32 graph.
+        reader: An `onnxruntime.quantization.CalibrationDataReader` giving its feeds.
+        float_stride: See `quantize_onnx`.
+        reduce_range: See `quantize_onnx`.
+
+    Returns:
+        The quantised `onnx.ModelProto` (nothing is written but ONNX Runtime's temporary files, removed).
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+
     with tempfile.TemporaryDirectory(prefix="bridgeseg-int8-") as work:
         prepared, quantized = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
         # ONNX shape inference and ORT's basic optimisations (constant folding, Conv + BatchNorm fusion...).
@@ -252,7 +301,7 @@ def quantize_onnx(
             quantize_static(
                 str(prepared),
                 str(quantized),
-                calibration_reader(files, size, text_embeddings),
+                reader,
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANTIZED_OPS),
                 nodes_to_exclude=float_nodes,
@@ -282,24 +331,7 @@ def quantize_onnx(
             )
         proto = onnx.load(str(quantized))
 
-    properties = {prop.key: prop.value for prop in proto.metadata_props}
-    properties |= {prop.key: prop.value for prop in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
-    properties |= {
-        "precision": "int8",
-        "calibration_images": str(len(files)),
-        "calibration_size": str(size),
-    }
-    onnx.helper.set_model_props(proto, properties)
-    # The fp32 file's probe logits are PyTorch's; the int8 graph gives others. Recorded from the int8 graph itself,
-    # they keep `OnnxBackend`'s load-time check (metadata belongs to this graph) meaningful.
-    properties[_PROBE_KEY] = json.dumps(_probe_logits(proto.SerializeToString(), metadata))
-    onnx.helper.set_model_props(proto, properties)
-    proto.doc_string = f"{proto.doc_string} (int8, calibrated on {len(files)} images of {size}×{size})".strip()
-    onnx.checker.check_model(proto)
-    serialized = proto.SerializeToString()
-    written = write_atomically(out_path, lambda file: file.write(serialized))
-    logger.debug("wrote %s (int8, calibrated on %d images of %dx%d)", written, len(files), size, size)
-    return written
+    return proto
 
 
 def _shape_arithmetic(model: Any) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bridgeseg.models import create_model
+from bridgeseg.models import create_model, prediction
 from bridgeseg.models.prediction import TorchBackend, segment, upsampled_argmax
 from tests.conftest import CLASSES
 
@@ -15,8 +15,11 @@ def _full(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(dim=1)
 
 
+@pytest.mark.parametrize("shortcut_everywhere", [False, True])
 @pytest.mark.parametrize("num_classes", [1, 2, 13, 150])
-def test_upsampled_argmax_is_exact_on_random_logits(num_classes: int) -> None:
+def test_upsampled_argmax_is_exact_on_random_logits(num_classes: int, shortcut_everywhere: bool, monkeypatch) -> None:
+    if shortcut_everywhere:  # the gathering path even where boundaries are everywhere, as on noise
+        monkeypatch.setattr(prediction, "FULL_UPSAMPLING_ABOVE", 1.0)
     generator = torch.Generator().manual_seed(num_classes)
     mismatched = 0
     for trial in range(40):
@@ -38,6 +41,20 @@ def test_upsampled_argmax_reads_most_labels_off_the_coarse_map() -> None:
     coarse = logits.argmax(1, keepdim=True).float()
     nearest = F.interpolate(coarse, size=(128, 128), mode="nearest")[:, 0].long()
     assert 0 < (labels != nearest).float().mean() < 0.1  # boundaries are rare, and they are handled
+
+
+def test_upsampled_argmax_upsamples_everything_where_boundaries_are_everywhere(monkeypatch) -> None:
+    calls = []
+    interpolate = F.interpolate
+    monkeypatch.setattr(prediction.F, "interpolate", lambda *a, **k: calls.append(1) or interpolate(*a, **k))
+    noise = torch.randn(1, 150, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(upsampled_argmax(noise, (128, 128)), _full(noise, (128, 128)))
+    assert len(calls) == 2  # noise: the full path, and the reference `_full` (F is torch's one module)
+    torch.manual_seed(0)
+    regions = F.interpolate(torch.randn(1, 150, 3, 3), size=(64, 64), mode="bilinear") * 10  # 10 % boundaries
+    calls.clear()
+    assert torch.equal(upsampled_argmax(regions, (256, 256)), _full(regions, (256, 256)))
+    assert len(calls) == 1  # only the reference: regions take the shortcut
 
 
 def _tiny(method: str, class_embeddings: torch.Tensor) -> torch.nn.Module:

@@ -30,6 +30,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="PyTorch's TorchScript-based exporter (deprecated by PyTorch, seconds) or the torch.export-based one "
         "(needs onnxscript, minutes); see docs/export.md",
     )
+    parser.add_argument(
+        "--coarse-logits",
+        action="store_true",
+        help="output the logits before the final upsampling (1/4 or 1/8 of the input size): `bridgeseg predict` "
+        "then takes exact labels without upsampling every class (faster); other consumers upsample them "
+        "(bilinear, align_corners=False) themselves",
+    )
     int8 = parser.add_argument_group("int8 (ONNX Runtime static quantisation, see docs/export.md)")
     int8.add_argument(
         "--int8",
@@ -76,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if fmt == "safetensors":
         if not args.out:
             raise UserError("--format safetensors needs --out DIR (the output folder)")
-        if args.onnx or args.classes or args.open_vocab:
-            raise UserError("--onnx, --classes and --open-vocab apply to ONNX exports only; drop them")
+        if args.onnx or args.classes or args.open_vocab or args.coarse_logits:
+            raise UserError("--onnx, --classes, --open-vocab and --coarse-logits apply to ONNX exports only; drop them")
         check_writable(Path(args.out) / WEIGHTS_NAME)  # before the checkpoint is loaded
         written = convert_checkpoint(args.checkpoint, args.out)
         print(f"wrote {written}")
@@ -91,7 +98,14 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint)
     from bridgeseg.onnx import check_parity, export_onnx  # onnx is an optional extra
 
-    options = {"open_vocab": args.open_vocab, "classes": classes, "opset": args.opset, "exporter": args.exporter}
+    output = "coarse_logits" if args.coarse_logits else "logits"
+    options = {
+        "open_vocab": args.open_vocab,
+        "classes": classes,
+        "opset": args.opset,
+        "exporter": args.exporter,
+        "output": output,
+    }
     if args.int8:
         from bridgeseg.quantization import calibration_images, quantize_onnx
 
@@ -107,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
     vocabulary = "open vocabulary" if args.open_vocab else "fixed vocabulary"
     precision = ", int8" if args.int8 else ""
     print(
-        f"wrote {path} ({vocabulary}{precision}, {report.num_classes} classes, opset {args.opset}, {args.exporter} "
-        "exporter)"
+        f"wrote {path} ({vocabulary}{precision}, output {output}, {report.num_classes} classes, opset {args.opset}, "
+        f"{args.exporter} exporter)"
     )
     print(f"parity with PyTorch (onnxruntime): {report}")
     if args.int8:

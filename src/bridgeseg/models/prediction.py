@@ -30,9 +30,11 @@ if TYPE_CHECKING:
     from bridgeseg.models.segmentor import SegmentationModel
 
 __all__ = [
+    "FULL_UPSAMPLING_ABOVE",
     "MODES",
     "LogitsBackend",
     "TorchBackend",
+    "boundary_share",
     "pad_to_multiple",
     "segment",
     "slide_windows",
@@ -40,6 +42,11 @@ __all__ = [
 ]
 
 MODES = ("whole", "slide")
+
+FULL_UPSAMPLING_ABOVE = 0.5
+"""`upsampled_argmax` upsamples every class when more than this share of the output pixels sit on a boundary of the
+coarse arg-max: measured at 150 classes, 128² → 512², one thread, the shortcut cost 0.11× the full path at 6 % of
+such pixels, 0.37× at 23 %, 0.78× at 43 %, and 1.2× at 75 %. A trained model's maps have far fewer."""
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +124,26 @@ def _source_pixels(in_size: int, out_size: int, device: torch.device) -> tuple[T
     return low.to(device), high.to(device), weight_low.to(device), weight_high.to(device)
 
 
+def _corner_labels(
+    coarse: Tensor, size: tuple[int, int]
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Tensor, Tensor]:
+    """For the coarse arg-max [B, h, w]: the source pixels and weights of each output row and column, the arg-max
+    read at each output pixel's first source pixel [B, H, W], and where its four source pixels disagree [B, H, W]."""
+    rows = _source_pixels(coarse.shape[-2], size[0], coarse.device)
+    cols = _source_pixels(coarse.shape[-1], size[1], coarse.device)
+    (y0, y1, _, _), (x0, x1, _, _) = rows, cols
+    top, bottom = coarse[:, y0], coarse[:, y1]  # [B, H, w]
+    labels = top[:, :, x0]  # [B, H, W]
+    disagree = (labels != top[:, :, x1]) | (labels != bottom[:, :, x0]) | (labels != bottom[:, :, x1])
+    return rows, cols, labels, disagree
+
+
+def boundary_share(logits: Tensor, size: tuple[int, int]) -> float:
+    """The share of the pixels of `logits` [B, K, h, w] upsampled to `size` whose four bilinear source pixels
+    disagree on the arg-max: the pixels `upsampled_argmax` interpolates in full."""
+    return float(_corner_labels(logits.argmax(dim=1), size)[3].float().mean())
+
+
 def upsampled_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
     """`F.interpolate(logits, size, mode="bilinear", align_corners=False).argmax(1)` without upsampling every class.
 
@@ -124,7 +151,9 @@ def upsampled_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
     so where class c is the arg-max at all four, c wins the sample too (it wins every term). Only the pixels whose
     source neighbourhood disagrees (region boundaries, typically a few percent) get all K classes interpolated,
     with the kernel's weights in the kernel's order; elsewhere the label is read off the coarse arg-max. For 150
-    classes at 512×512 this replaces a [1, 150, 512, 512] interpolation and arg-max by one at 128×128.
+    classes at 512×512 this replaces a [1, 150, 512, 512] interpolation and arg-max by one at 128×128. Where
+    boundaries cover more than `FULL_UPSAMPLING_ABOVE` of the output, all classes are upsampled instead (as fast
+    there, and exact either way).
 
     Args:
         logits: [B, K, h, w].
@@ -134,17 +163,18 @@ def upsampled_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
         Labels [B, H, W] (int64).
     """
     height, width = logits.shape[-2:]
-    out_h, out_w = size
-    coarse = logits.argmax(dim=1)  # [B, h, w]
-    y0, y1, wy0, wy1 = _source_pixels(height, out_h, logits.device)
-    x0, x1, wx0, wx1 = _source_pixels(width, out_w, logits.device)
-    top, bottom = coarse[:, y0], coarse[:, y1]  # [B, H, w]
-    labels = top[:, :, x0]  # [B, H, W]
-    disagree = (labels != top[:, :, x1]) | (labels != bottom[:, :, x0]) | (labels != bottom[:, :, x1])
+    # One row of K logits per source pixel (a copy unless the map is channels last): the arg-max over K and each
+    # corner's gather below then read contiguous memory; over the strided NCHW layout both took several times as long.
+    pixels = logits.permute(0, 2, 3, 1).contiguous()  # [B, h, w, K]
+    (y0, y1, wy0, wy1), (x0, x1, wx0, wx1), labels, disagree = _corner_labels(pixels.argmax(dim=-1), size)
+    if disagree.float().mean() > FULL_UPSAMPLING_ABOVE:
+        # Boundaries nearly everywhere (an untrained model, noise): gathering K logits at four corners per pixel
+        # costs more than a pixel of the full upsampling, so the full path is the faster exact answer here.
+        # (Contiguous first: PyTorch's CPU kernel for a channels-last map with many channels is far slower.)
+        return F.interpolate(logits.contiguous(), size=size, mode="bilinear", align_corners=False).argmax(dim=1)
     b, i, j = disagree.nonzero(as_tuple=True)
     if b.numel():
-        # One row of K logits per source pixel, so each corner is a contiguous gather.
-        pixels = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])  # [B*h*w, K]
+        pixels = pixels.view(-1, logits.shape[1])  # [B*h*w, K]
         image_start = b * (height * width)
         row0, row1 = image_start + y0[i] * width, image_start + y1[i] * width
         col0, col1 = x0[j], x1[j]
