@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import platform
 import sys
@@ -24,8 +23,8 @@ import time
 from pathlib import Path
 
 import torch
+from _results import write_results
 
-from bridgeseg.io import write_atomically
 from bridgeseg.models import create_model
 from bridgeseg.onnx import EXPORTERS, check_parity, export_onnx
 
@@ -110,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run(args)
     out = Path(args.out)
     table = to_markdown(summary)
-    write_atomically(out.with_suffix(".md"), lambda f: f.write(table.encode()))
-    write_atomically(out.with_suffix(".json"), lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
-    print(table)
+    write_results(out, summary, table)
     return 0
 
 

@@ -70,6 +70,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _results import write_results  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -702,11 +703,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     summary = run(args)
     table = to_markdown(summary)
-    write_atomically(out.with_suffix(".md"), lambda f: f.write(table.encode()))
-    write_atomically(out.with_suffix(".json"), lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
-    plot = plot_pareto(summary, out, compare_path, quantization_path)
-    print(table)
-    print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.json')} and {plot}")
+    write_results(out, summary, table)
+    print(f"wrote {plot_pareto(summary, out, compare_path, quantization_path)}")
     return 0
 
 

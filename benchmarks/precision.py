@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import platform
@@ -30,11 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _results import write_results
 
 from bridgeseg.checkpoints import load_model
 from bridgeseg.engine.datamodule import SegmentationDataModule
 from bridgeseg.engine.metrics import SegmentationMetric
-from bridgeseg.io import write_atomically
 from bridgeseg.models.inference import bf16_is_fast
 from bridgeseg.models.prediction import TorchBackend, segment
 
@@ -166,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = evaluate(args)
     out = Path(args.out)
     table = to_markdown(summary)
-    write_atomically(out.with_suffix(".md"), lambda f: f.write(table.encode()))
-    write_atomically(out.with_suffix(".json"), lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
-    print(table)
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    write_results(out, summary, table)
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import platform
@@ -42,10 +41,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
+from _results import write_results
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from bridgeseg.io import write_atomically
 from bridgeseg.models import SegmentationModel, create_model
 from bridgeseg.models.inference import bf16_is_fast, optimize_for_inference
 
@@ -339,10 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run(args)
     out = Path(args.out)
     table = to_markdown(summary)
-    write_atomically(out.with_suffix(".md"), lambda f: f.write(table.encode()))
-    write_atomically(out.with_suffix(".json"), lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
-    print(table)
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    write_results(out, summary, table)
     return 0
 
 
