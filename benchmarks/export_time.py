@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from _results import write_results
+from _results import script_main
 
 from bridgeseg.models import create_model
 from bridgeseg.onnx import EXPORTERS, check_parity, export_onnx
@@ -97,20 +97,16 @@ def to_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    argv = sys.argv[1:] if argv is None else argv
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/export_time", help="output path without suffix")
-    args = parser.parse_args(argv)
-    args.command = " ".join(["python", "benchmarks/export_time.py", *argv])
-    summary = run(args)
-    out = Path(args.out)
-    table = to_markdown(summary)
-    write_results(out, summary, table)
-    return 0
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return script_main("export_time.py", parse_args, run, to_markdown, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _results import write_results
+from _results import script_main
 
 from bridgeseg.checkpoints import load_model
 from bridgeseg.engine.datamodule import SegmentationDataModule
@@ -158,15 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    args.command = " ".join(["python", "benchmarks/precision.py", *argv])
-    summary = evaluate(args)
-    out = Path(args.out)
-    table = to_markdown(summary)
-    write_results(out, summary, table)
-    return 0
+    return script_main("precision.py", parse_args, evaluate, to_markdown, argv)
 
 
 if __name__ == "__main__":

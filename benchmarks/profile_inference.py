@@ -35,13 +35,12 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
 # Read by OpenMP when torch starts it, so before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
-from _results import write_results
+from _results import script_main
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -325,21 +324,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=8, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--out", default="benchmarks/results/profile", help="output path without suffix")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.size % 32:
+        parser.error(f"--size must be a multiple of 32, got {args.size}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    args.command = " ".join(["python", "benchmarks/profile_inference.py", *argv])
-    if args.size % 32:
-        raise SystemExit(f"error: --size must be a multiple of 32, got {args.size}")
-    summary = run(args)
-    out = Path(args.out)
-    table = to_markdown(summary)
-    write_results(out, summary, table)
-    return 0
+    return script_main("profile_inference.py", parse_args, run, to_markdown, argv)
 
 
 if __name__ == "__main__":
