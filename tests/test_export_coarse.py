@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from bridgeseg.models.prediction import pad_to_multiple, segment
 from bridgeseg.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
 from bridgeseg.predictor import Predictor
+from tests.models.test_prediction import counting_backend
 from tests.test_export import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, SIZES, _tiny
 
 # Odd sizes: padded to multiples of 32 and cropped back, so the fast path's crop is exercised.
@@ -124,18 +125,8 @@ def test_coarse_and_full_graphs_give_the_same_labels(coarse_exports: dict, mode:
 
 def test_only_single_view_whole_labels_take_the_coarse_path(coarse_exports: dict) -> None:
     _, path, _ = coarse_exports[("lseg", True, False)]
-    calls: list[str] = []
-
-    class CountingBackend(OnnxBackend):
-        def logits(self, images, text_embeddings):
-            calls.append("full")
-            return super().logits(images, text_embeddings)
-
-        def _coarse_logits(self, images, text_embeddings):
-            calls.append("coarse")
-            return super()._coarse_logits(images, text_embeddings)
-
-    backend = CountingBackend(path)
+    counting, calls = counting_backend(OnnxBackend, "_coarse_logits")  # bound to `coarse_logits` at load
+    backend = counting(path)
     images = torch.rand(1, 3, 40, 40)
     with torch.inference_mode():
         segment(backend, images, backend.text_embeddings(None))

@@ -111,20 +111,25 @@ def test_predict_labels_equal_the_full_path(method: str, trained: bool, class_em
         assert torch.equal(slide, slide_probs.argmax(1)), size
 
 
-def test_only_single_view_whole_labels_take_the_fast_path(class_embeddings: torch.Tensor) -> None:
-    model = _tiny("lseg", class_embeddings).eval()
+def counting_backend(base: type, coarse_method: str = "coarse_logits") -> tuple[type, list[str]]:
+    """A subclass of the backend `base` that records the path `segment` takes: "full" logits or "coarse" ones."""
     calls: list[str] = []
 
-    class CountingBackend(TorchBackend):
-        def logits(self, images, text_embeddings):
-            calls.append("full")
-            return super().logits(images, text_embeddings)
+    def logits(self, images, text_embeddings):
+        calls.append("full")
+        return base.logits(self, images, text_embeddings)
 
-        def coarse_logits(self, images, text_embeddings):
-            calls.append("coarse")
-            return super().coarse_logits(images, text_embeddings)
+    def coarse(self, images, text_embeddings):
+        calls.append("coarse")
+        return getattr(base, coarse_method)(self, images, text_embeddings)
 
-    backend = CountingBackend(model)
+    return type(f"Counting{base.__name__}", (base,), {"logits": logits, coarse_method: coarse}), calls
+
+
+def test_only_single_view_whole_labels_take_the_fast_path(class_embeddings: torch.Tensor) -> None:
+    model = _tiny("lseg", class_embeddings).eval()
+    counting, calls = counting_backend(TorchBackend)
+    backend = counting(model)
     images = torch.rand(1, 3, 40, 40)
     expected = {
         (): ["coarse"],
