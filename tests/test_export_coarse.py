@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from bridgeseg.models.prediction import pad_to_multiple, segment
 from bridgeseg.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
 from bridgeseg.predictor import Predictor
-from tests.models.test_prediction import counting_backend
+from tests.models.test_prediction import counting_backend, fit_two_regions
 from tests.test_export import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, SIZES, _tiny
 
 # Odd sizes: padded to multiples of 32 and cropped back, so the fast path's crop is exercised.
@@ -19,22 +19,9 @@ ODD_SIZES = ((64, 64), (50, 70), (33, 97), (17, 5))
 
 
 def _trained(method: str) -> torch.nn.Module:
-    """A tiny model fitted for a few steps to three coloured regions, so its labels have real boundaries."""
+    """A tiny model fitted to two coloured regions, so its labels have real boundaries."""
     torch.manual_seed(2)
-    model = _tiny(method)
-    images = torch.rand(4, 3, 64, 64) * 0.3
-    masks = torch.zeros(4, 64, 64, dtype=torch.long)
-    images[:, 0, :, 32:] += 0.7
-    masks[:, :, 32:] = 1
-    images[:, 2, 40:, :] += 0.7
-    masks[:, 40:, :] = 2
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(15):
-        optimizer.zero_grad()
-        model.loss({"image": images, "mask": masks})["loss"].backward()
-        optimizer.step()
-    return model.eval()
+    return fit_two_regions(_tiny(method))
 
 
 @pytest.fixture(scope="module")

@@ -68,10 +68,9 @@ def _tiny(method: str, class_embeddings: torch.Tensor) -> torch.nn.Module:
     )
 
 
-def _trained_tiny_model(class_embeddings: torch.Tensor, method: str) -> torch.nn.Module:
-    """A tiny model trained for a few steps on two-region images, so its logits have region structure."""
-    torch.manual_seed(0)
-    model = _tiny(method, class_embeddings)
+def fit_two_regions(model: torch.nn.Module) -> torch.nn.Module:
+    """Train a tiny model for a few steps on images with a red right half and a blue bottom band, so that its
+    logits have region structure (few boundaries); returns it in eval mode. Seed before building the model."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     images = torch.rand(4, 3, 64, 64) * 0.2
     masks = torch.zeros(4, 64, 64, dtype=torch.long)
@@ -91,7 +90,8 @@ def _trained_tiny_model(class_embeddings: torch.Tensor, method: str) -> torch.nn
 @pytest.mark.parametrize("trained", [False, True])
 def test_predict_labels_equal_the_full_path(method: str, trained: bool, class_embeddings: torch.Tensor) -> None:
     if trained:
-        model = _trained_tiny_model(class_embeddings, method)
+        torch.manual_seed(0)
+        model = fit_two_regions(_tiny(method, class_embeddings))
     else:
         torch.manual_seed(1)
         model = _tiny(method, class_embeddings).eval()
