@@ -43,6 +43,7 @@ from bridgeseg.data.datasets import create_dataset
 from bridgeseg.data.transforms import build_eval_transforms
 from bridgeseg.engine.metrics import SegmentationMetric
 from bridgeseg.io import write_atomically
+from bridgeseg.models.inference import cpuinfo_flags
 from bridgeseg.models.prediction import TorchBackend, segment
 from bridgeseg.onnx import OnnxBackend, export_onnx, read_metadata
 from bridgeseg.quantization import quantize_onnx
@@ -155,11 +156,8 @@ def time_round_robin(paths: dict[str, Path], size: int, threads: int, repeats: i
 
 
 def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    """The int8-relevant flags this CPU reports (Linux's /proc/cpuinfo; none elsewhere)."""
+    flags = cpuinfo_flags()
     return [flag for flag in _INT8_FLAGS if flag in flags]
 
 

@@ -147,12 +147,12 @@ def test_bf16_detector_falls_back_to_cpuinfo(monkeypatch, tmp_path, fresh_detect
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16\n\nprocessor\t: 1\n")
-    assert inference._cpuinfo_flags(cpuinfo) >= {"avx2", "avx512f", "avx512_bf16"}
-    assert inference._cpuinfo_flags(tmp_path / "missing") == set()
-    monkeypatch.setattr(inference, "_cpuinfo_flags", lambda: {"avx2", "fma"})
+    assert inference.cpuinfo_flags(cpuinfo) >= {"avx2", "avx512f", "avx512_bf16"}
+    assert inference.cpuinfo_flags(tmp_path / "missing") == set()
+    monkeypatch.setattr(inference, "cpuinfo_flags", lambda: {"avx2", "fma"})
     assert bf16_is_fast() is False
     bf16_is_fast.cache_clear()
-    monkeypatch.setattr(inference, "_cpuinfo_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
+    monkeypatch.setattr(inference, "cpuinfo_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
     assert bf16_is_fast() is True
 
 

@@ -35,7 +35,14 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 if TYPE_CHECKING:
     from bridgeseg.models.segmentor import SegmentationModel
 
-__all__ = ["PRECISIONS", "bf16_is_fast", "fold_batch_norms", "optimize_for_inference", "resolve_precision"]
+__all__ = [
+    "PRECISIONS",
+    "bf16_is_fast",
+    "cpuinfo_flags",
+    "fold_batch_norms",
+    "optimize_for_inference",
+    "resolve_precision",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -191,10 +198,10 @@ def bf16_is_fast() -> bool:
     queries = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if all(callable(query) for query in queries):
         return any(bool(query()) for query in queries)
-    return bool(_cpuinfo_flags() & _BF16_CPU_FLAGS)
+    return bool(cpuinfo_flags() & _BF16_CPU_FLAGS)
 
 
-def _cpuinfo_flags(path: str | Path = "/proc/cpuinfo") -> set[str]:
+def cpuinfo_flags(path: str | Path = "/proc/cpuinfo") -> set[str]:
     """The CPU flags Linux reports; empty where there is no such file."""
     try:
         text = Path(path).read_text(errors="replace")
