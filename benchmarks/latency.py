@@ -77,7 +77,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from bridgeseg.io import write_atomically  # noqa: E402
 from bridgeseg.models import create_model  # noqa: E402
 from bridgeseg.models.prediction import boundary_share, upsampled_argmax  # noqa: E402
-from bridgeseg.onnx import export_onnx  # noqa: E402
+from bridgeseg.onnx import export_onnx, ort_session  # noqa: E402
 
 logger = logging.getLogger("benchmarks.latency")
 
@@ -308,15 +308,6 @@ class _Entry:
     fusion: list[float] = dataclasses.field(default_factory=list)
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if SPINNING else "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def prepare(spec: Spec, args: argparse.Namespace, images: Tensor, folder: Path, index: int, bf16: bool) -> _Entry:
     """Build one model, count its cost, export and quantise it, check the graphs, and bind every column."""
     built = spec.build().eval()
@@ -339,8 +330,8 @@ def prepare(spec: Spec, args: argparse.Namespace, images: Tensor, folder: Path, 
         coarse_path = _export_peer(coarse, folder / f"model_{index}_coarse.onnx", "coarse_logits")
     export_s = (time.perf_counter() - started) / 2
     int8_path = _quantize(coarse_path, folder / f"model_{index}_int8.onnx", args.size, args.calibration_images)
-    sessions = {name: _session(path, args.threads) for name, path in [("full", full_path), ("coarse", coarse_path)]}
-    sessions["int8"] = _session(int8_path, args.threads)
+    paths = {"full": full_path, "coarse": coarse_path, "int8": int8_path}
+    sessions = {name: ort_session(path, args.threads, spinning=SPINNING) for name, path in paths.items()}
     feed = {"images": images.numpy()}
     # Each graph against PyTorch at the timed size: a wrong trace would time the wrong thing.
     with torch.inference_mode():

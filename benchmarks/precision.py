@@ -1,7 +1,7 @@
 """What bf16 and the inference optimisations change in mIoU: the demo model on the mosaic val split.
 
 The model `make demo` trains (`outputs/demo/model`, on `data/mosaic`) is evaluated as validation evaluates it
-(`SegmentationModule`: the val loader of `SegmentationDataModule`, whole-image `segment` at each image's own size,
+(`_evaluation.evaluate`: the val loader of `SegmentationDataModule`, whole-image `segment` at each image's own size,
 `SegmentationMetric`), four ways:
 
 - fp32, the model as trained: `model.predict`, validation's own call;
@@ -24,16 +24,13 @@ import logging
 import os
 import platform
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _evaluation import Predict, evaluate
 from _results import script_main
 
 from bridgeseg.checkpoints import load_model
-from bridgeseg.engine.datamodule import SegmentationDataModule
-from bridgeseg.engine.metrics import SegmentationMetric
 from bridgeseg.models.inference import bf16_is_fast
 from bridgeseg.models.prediction import TorchBackend, segment
 
@@ -42,16 +39,13 @@ logger = logging.getLogger("benchmarks.precision")
 REFERENCE = "fp32, as trained"
 
 
-def evaluate(args: argparse.Namespace) -> dict:
+def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     checkpoint, data = Path(args.checkpoint), Path(args.data)
     missing = [str(path) for path in (checkpoint, data / "images" / "val") if not path.exists()]
     if missing:
         raise SystemExit(f"error: {', '.join(missing)} not found; `make demo` trains the model and makes the data")
     model = load_model(checkpoint).eval()
-    # The demo config's data: the folder dataset, validation images at their own size, batch 1.
-    datamodule = SegmentationDataModule(dataset="folder", root=str(data), num_workers=0)
-    batches = list(datamodule.val_dataloader())
     embeddings = model.text_embeddings()
     backends = {
         "fp32, optimised": TorchBackend(model, optimize=True),
@@ -62,38 +56,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     def validation(image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         return model.predict(image, mode="whole", output_size=output_size)  # as `SegmentationModule._segment`
 
-    def backend_predict(backend: TorchBackend) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
-        def predict(image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-            with torch.inference_mode():
-                return segment(backend, image, embeddings, mode="whole", output_size=output_size)
+    def backend_predict(backend: TorchBackend) -> Predict:
+        return lambda image, output_size: segment(backend, image, embeddings, mode="whole", output_size=output_size)
 
-        return predict
-
-    variants = {REFERENCE: validation, **{name: backend_predict(backend) for name, backend in backends.items()}}
-    reference_labels: list[torch.Tensor] = []
-    results = {}
-    for name, predict in variants.items():
-        metric = SegmentationMetric(model.num_classes)
-        agree = total = 0
-        start = time.perf_counter()
-        samples = [sample for batch in batches for sample in zip(batch["image"], batch["mask"], strict=True)]
-        for index, (image, mask) in enumerate(samples):
-            labels = predict(image.unsqueeze(0), tuple(mask.shape[-2:]))
-            metric.update(labels, mask.unsqueeze(0))
-            if name == REFERENCE:
-                reference_labels.append(labels)
-            else:
-                agree += int((labels == reference_labels[index]).sum())
-                total += labels.numel()
-        scores = metric.compute()
-        results[name] = {
-            "mIoU": float(scores["mIoU"]),
-            "mAcc": float(scores["mAcc"]),
-            "aAcc": float(scores["aAcc"]),
-            "labels_equal_to_reference": 1.0 if name == REFERENCE else agree / total,
-            "seconds": time.perf_counter() - start,
-        }
-        logger.info("%-18s mIoU %.2f (%.0f s)", name, results[name]["mIoU"], results[name]["seconds"])
+    predictors = {REFERENCE: validation, **{name: backend_predict(backend) for name, backend in backends.items()}}
+    results, images = evaluate(predictors, data, model.num_classes, REFERENCE)
     for result in results.values():
         result["mIoU_delta"] = result["mIoU"] - results[REFERENCE]["mIoU"]
     return {
@@ -102,7 +69,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "checkpoint": str(checkpoint),
             "data": str(data),
             "split": "val",
-            "images": sum(len(batch["image"]) for batch in batches),
+            "images": images,
             "method": model.method,
             "backbone": model.config.backbone,
             "threads": args.threads,
@@ -143,7 +110,7 @@ def to_markdown(summary: dict) -> str:
         "",
         '"As trained" runs the model itself (fp32: `model.predict`, validation\'s call); "optimised" runs '
         "`optimize_for_inference(model)` (BatchNorms folded, channels last), as `bridgeseg.Predictor` does. The "
-        "label agreement counts every evaluated pixel (ignored ones included).",
+        "label agreement counts the evaluated pixels (ignored ones excluded).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -158,7 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return script_main("precision.py", parse_args, evaluate, to_markdown, argv)
+    return script_main("precision.py", parse_args, measure, to_markdown, argv)
 
 
 if __name__ == "__main__":

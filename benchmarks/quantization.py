@@ -6,9 +6,9 @@ With the model `make demo` trains (`outputs/demo/model`, `bridge` / EfficientNet
 1. exports the fixed-vocabulary float32 ONNX model (`bridgeseg.onnx.export_onnx`) and quantises it to int8
    (`bridgeseg.quantization.quantize_onnx`), calibrated on images of the mosaic's train split: the default, and
    for the record of its choices two variants without them (`VARIANTS`);
-2. evaluates PyTorch, ORT float32 and ORT int8 on the mosaic's val split with the project's own evaluation: the
-   dataset class and evaluation transforms of validation, the shared prediction loop (`segment`, whole image, as
-   the demo config validates) and `SegmentationMetric` (mmseg's mIoU);
+2. evaluates PyTorch, ORT float32 and ORT int8 on the mosaic's val split as validation does (`_evaluation.evaluate`:
+   the val loader of `SegmentationDataModule`, the shared prediction loop `segment` on whole images, as the demo
+   config validates, and `SegmentationMetric`, mmseg's mIoU);
 3. times ORT float32 and the int8 models round-robin at `--size` (one image, `--threads` intra-op threads): each
    round runs each once, in alternating order, so load changes on shared cores hit them alike. The ratios are the
    result; the absolute times depend on what else runs on the cores.
@@ -37,15 +37,13 @@ from typing import Any
 
 import onnxruntime as ort
 import torch
+from _evaluation import Predict, evaluate
 
 from bridgeseg.checkpoints import load_model
-from bridgeseg.data.datasets import create_dataset
-from bridgeseg.data.transforms import build_eval_transforms
-from bridgeseg.engine.metrics import SegmentationMetric
 from bridgeseg.io import write_atomically
 from bridgeseg.models.inference import cpuinfo_flags
 from bridgeseg.models.prediction import TorchBackend, segment
-from bridgeseg.onnx import OnnxBackend, export_onnx, read_metadata
+from bridgeseg.onnx import OnnxBackend, export_onnx, ort_session, read_metadata
 from bridgeseg.quantization import quantize_onnx
 
 logger = logging.getLogger("benchmarks.quantization")
@@ -93,44 +91,25 @@ def check_inputs(model_dir: Path, data_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-@torch.inference_mode()
-def evaluate(backends: dict[str, Any], data_dir: Path, num_classes: int) -> dict[str, Any]:
+def evaluate_runtimes(backends: dict[str, Any], data_dir: Path, num_classes: int) -> dict[str, Any]:
     """mIoU of each backend on val, as validation computes it, and the int8 labels' agreement with float32."""
-    dataset = create_dataset("folder", data_dir, "val", transforms=build_eval_transforms())
-    metrics = {name: SegmentationMetric(num_classes) for name in backends}
     embeddings = {name: backend.text_embeddings(None) for name, backend in backends.items()}
-    int8_names = [name for name in backends if name.startswith("ORT int8")]
-    agree = dict.fromkeys(int8_names, 0)
-    total = 0
-    for index in range(len(dataset)):
-        sample = dataset[index]
-        image, mask = sample["image"][None], sample["mask"][None]
-        labels = {}
-        for name, backend in backends.items():
-            labels[name] = segment(backend, image, embeddings[name], mode="whole", output_size=mask.shape[-2:])
-            metrics[name].update(labels[name], mask)
-        valid = mask != 255
-        for name in int8_names:
-            agree[name] += int((labels[name] == labels["ORT float32"])[valid].sum())
-        total += int(valid.sum())
-    results = {}
-    for name, metric in metrics.items():
-        computed = metric.compute()
-        results[name] = {key: round(float(computed[key]), 2) for key in ("mIoU", "mAcc", "aAcc")}
-    for name in int8_names:
-        results[name]["label_agreement_with_float32"] = round(agree[name] / total, 4)
-    return {"images": len(dataset), "runtimes": results}
+
+    def predict(name: str) -> Predict:
+        backend = backends[name]
+        return lambda image, size: segment(backend, image, embeddings[name], mode="whole", output_size=size)
+
+    results, images = evaluate({name: predict(name) for name in backends}, data_dir, num_classes, "ORT float32")
+    runtimes = {}
+    for name, values in results.items():
+        runtimes[name] = {key: round(values[key], 2) for key in ("mIoU", "mAcc", "aAcc")}
+        if name.startswith("ORT int8"):
+            runtimes[name]["label_agreement_with_float32"] = round(values["labels_equal_to_reference"], 4)
+    return {"images": images, "runtimes": runtimes}
 
 
 def time_round_robin(paths: dict[str, Path], size: int, threads: int, repeats: int, warmup: int) -> dict[str, Any]:
-    sessions = {name: session(path, threads) for name, path in paths.items()}
+    sessions = {name: ort_session(path, threads, spinning=False) for name, path in paths.items()}
     images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).numpy()
     times: dict[str, list[float]] = {name: [] for name in sessions}
     names = list(sessions)
@@ -244,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         backends = {"PyTorch": TorchBackend(model)}
         backends |= {name: OnnxBackend(path, threads=args.threads) for name, path in paths.items()}
         logger.info("evaluating on val")
-        evaluation = evaluate(backends, data_dir, len(model.classes))
+        evaluation = evaluate_runtimes(backends, data_dir, len(model.classes))
         logger.info("%s", json.dumps(evaluation["runtimes"]))
         logger.info("timing at %d", args.size)
         timing = time_round_robin(paths, args.size, args.threads, args.repeats, args.warmup)

@@ -262,7 +262,7 @@ def export_onnx(
             proto = _export_dynamo(module, inputs, input_names, output, open_vocab, opset)
         probe = torch.zeros(1, 3, SIZE_MULTIPLE, SIZE_MULTIPLE, device=device)
         with torch.no_grad():
-            probe_logits = module(probe, *inputs[1:]).float().mean(dim=(0, 2, 3))  # [K]
+            blank_means = module(probe, *inputs[1:]).float().mean(dim=(0, 2, 3))  # [K]
             stride = images.shape[-2] // module(images, *inputs[1:]).shape[-2]
     finally:
         model.train(was_training)
@@ -274,7 +274,7 @@ def export_onnx(
         class_dim.dim_value = len(classes)
     existing = {prop.key: prop.value for prop in proto.metadata_props}
     # The logits of a blank image tie the metadata to this graph: `OnnxBackend` compares them when it loads it.
-    fingerprint = {_PROBE_KEY: json.dumps([round(float(value), 6) for value in probe_logits.tolist()])}
+    fingerprint = {_PROBE_KEY: encode_probe(blank_means.cpu().numpy())}
     metadata = _metadata(model, classes, embeddings, open_vocab, output, stride)
     onnx.helper.set_model_props(proto, existing | metadata | fingerprint)
     shape = "[B, K, H, W]" if output == "logits" else f"[B, K, H/{stride}, W/{stride}]"
@@ -386,6 +386,58 @@ def _decode_metadata(raw: dict[str, str], path: str | os.PathLike[str]) -> dict[
 # ----------------------------------------------------------------------------------------------------- parity
 
 
+# ------------------------------------------------------------------------------------------ ONNX Runtime sessions
+
+
+def ort_session(
+    model: str | os.PathLike[str] | bytes,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    spinning: bool | None = None,
+) -> Any:
+    """An ONNX Runtime `InferenceSession` on a file or a serialised graph, with bridgeseg's options.
+
+    Args:
+        model: An `.onnx` path, or the bytes of a `ModelProto`.
+        threads: Intra-op threads (ONNX Runtime's default when None or 0).
+        providers: Execution providers; default: CPU.
+        spinning: Whether idle intra-op threads spin (True) or wait passively (False); ONNX Runtime's default
+            (spinning) when None. Spinning lowers latency on dedicated cores and steals them on shared ones.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if spinning is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=list(providers or ["CPUExecutionProvider"]))
+
+
+def probe_logits(session: Any, metadata: dict[str, Any]) -> np.ndarray:
+    """The graph's output on the blank probe image: one size multiple square, zeros.
+
+    An open-vocabulary graph gets the default classes' embeddings stored in its metadata (`metadata` must hold
+    them). Their mean over batch and pixels is the fingerprint that ties metadata to a graph (`probe_means`).
+    """
+    side = metadata["size_multiple"]
+    feed = {"images": np.zeros((1, 3, side, side), dtype=np.float32)}
+    if metadata["open_vocab"]:
+        feed["text_embeddings"] = np.ascontiguousarray(metadata["class_embeddings"], dtype=np.float32)
+    return session.run([metadata["output"]], feed)[0]
+
+
+def probe_means(logits: np.ndarray) -> np.ndarray:
+    """Mean logits [K] of probe logits [1, K, h, w]: the fingerprint that ties metadata to a graph."""
+    return logits.astype(np.float32).mean(axis=(0, 2, 3))
+
+
+def encode_probe(means: np.ndarray) -> str:
+    """The metadata value of the fingerprint `probe_means` (what `read_metadata` decodes)."""
+    return json.dumps([round(float(value), 6) for value in means.tolist()])
+
+
 @dataclasses.dataclass
 class ParityReport:
     """How closely an ONNX model reproduces PyTorch.
@@ -433,9 +485,7 @@ def check_parity(
     Returns:
         The worst differences over all sizes.
     """
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort_session(path)
     metadata = _decode_metadata(session.get_modelmeta().custom_metadata_map, path)
     if text_embeddings is None and model.uses_text:
         text_embeddings = model.text_embeddings(metadata["classes"])
@@ -491,19 +541,12 @@ class OnnxBackend:
     def __init__(
         self, path: str | os.PathLike[str], providers: Sequence[str] | None = None, threads: int | None = None
     ) -> None:
-        import onnxruntime as ort
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model {path} not found; export one with `bridgeseg export --onnx {path}`")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         self.path = path
         try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
-            )
+            self.session = ort_session(path, threads=threads, providers=providers)
         except Exception as error:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for damage
             raise CheckpointError(
                 f"{path}: not a valid ONNX model ({first_line(error)[:200]}); the file is truncated or corrupt: "
@@ -540,7 +583,6 @@ class OnnxBackend:
                 f"{self.path}: the graph's inputs ({', '.join(inputs)}) do not match its metadata (open_vocab "
                 f"{self.open_vocabulary}); it was not written by `bridgeseg export`: re-export it"
             )
-        feed = {"images": np.zeros((1, 3, self.size_multiple, self.size_multiple), dtype=np.float32)}
         if self.open_vocabulary:
             width = inputs["text_embeddings"][1] if len(inputs["text_embeddings"]) == 2 else None
             if isinstance(width, int) and width != self.metadata["text_dim"]:
@@ -550,10 +592,9 @@ class OnnxBackend:
                 )
             if "class_embeddings" not in self.metadata:
                 return  # nothing to probe the graph with
-            feed["text_embeddings"] = self.metadata["class_embeddings"]
         side = self.size_multiple
         try:
-            probe = self.session.run([self.output], feed)[0]
+            probe = probe_logits(self.session, self.metadata)
         except Exception as error:  # onnxruntime's own error types
             raise CheckpointError(
                 f"{self.path}: the ONNX model does not run on a {side}×{side} image ({first_line(error)[:200]}); "
@@ -567,7 +608,7 @@ class OnnxBackend:
             )
         recorded = self.metadata.get(_PROBE_KEY)  # older exports have none
         if recorded is not None:
-            actual = probe.astype(np.float32).mean(axis=(0, 2, 3))  # [K]
+            actual = probe_means(probe)
             if recorded.shape != actual.shape or not np.allclose(
                 actual, recorded, rtol=_PROBE_TOLERANCE, atol=_PROBE_TOLERANCE
             ):

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -33,7 +32,15 @@ import torch.nn.functional as F
 from bridgeseg.errors import DatasetError, DatasetNotFoundError
 from bridgeseg.images import IMAGE_EXTENSIONS, load_image
 from bridgeseg.io import check_writable, write_atomically
-from bridgeseg.onnx import _PROBE_KEY, SIZE_MULTIPLE, read_metadata
+from bridgeseg.onnx import (
+    _PROBE_KEY,
+    SIZE_MULTIPLE,
+    encode_probe,
+    ort_session,
+    probe_logits,
+    probe_means,
+    read_metadata,
+)
 
 __all__ = [
     "DEFAULT_CALIBRATION_IMAGES",
@@ -174,19 +181,6 @@ class _BiasScaleNotes(logging.Filter):
         return True
 
 
-def _probe_logits(model_bytes: bytes, metadata: dict[str, Any]) -> list[float]:
-    """Mean logits [K] of the blank image `OnnxBackend` checks at load time, from this graph under ONNX Runtime."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    side = metadata["size_multiple"]
-    feed = {"images": np.zeros((1, 3, side, side), dtype=np.float32)}
-    if metadata["open_vocab"]:
-        feed["text_embeddings"] = metadata["class_embeddings"]
-    logits = session.run([metadata["output"]], feed)[0]  # full-size or coarse logits, as the fp32 graph
-    return [round(float(value), 6) for value in logits.astype(np.float32).mean(axis=(0, 2, 3))]
-
-
 def quantize_onnx(
     fp32_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -253,7 +247,7 @@ def quantize_onnx(
     onnx.helper.set_model_props(proto, properties)
     # The fp32 file's probe logits are PyTorch's; the int8 graph gives others. Recorded from the int8 graph itself,
     # they keep `OnnxBackend`'s load-time check (metadata belongs to this graph) meaningful.
-    properties[_PROBE_KEY] = json.dumps(_probe_logits(proto.SerializeToString(), metadata))
+    properties[_PROBE_KEY] = encode_probe(probe_means(probe_logits(ort_session(proto.SerializeToString()), metadata)))
     onnx.helper.set_model_props(proto, properties)
     proto.doc_string = f"{proto.doc_string} (int8, calibrated on {len(files)} images of {size}×{size})".strip()
     onnx.checker.check_model(proto)
