@@ -62,6 +62,20 @@ def test_plan_interleaves_seeds_and_shares_identical_runs(compare) -> None:
     assert len(runs) == len(decision) + 6  # 200, 1200, 2400 for bridge and fpn
 
 
+def test_the_ablation_runs_variant_by_variant_legacy_first(compare) -> None:
+    the_plan = compare.plan(_args(compare, "--studies", "ablation", "--variants", "blocks_4", "legacy"))
+    runs = the_plan.studies["ablation"]
+    # A partial ablation has complete rows; the order is ABLATIONS', where `legacy` comes first.
+    assert [(run.variant, run.seed) for run in runs] == [
+        ("legacy", 0),
+        ("legacy", 1),
+        ("legacy", 2),
+        ("blocks_4", 0),
+        ("blocks_4", 1),
+        ("blocks_4", 2),
+    ]
+
+
 def test_a_budget_flag_changes_every_run_name(compare) -> None:
     default = compare.plan(_args(compare, "--studies", "decision")).ordered_runs()
     other = compare.plan(_args(compare, "--studies", "decision", "--lr", "3e-4")).ordered_runs()
