@@ -96,6 +96,8 @@ def _record(run, miou: float) -> dict:
         "wall_time_s": 100.0,
         "finished": "2026-01-01T00:00:00",
         "vocabulary": {"mIoU_train_names": miou, "mIoU_paraphrased": miou / 2, "mIoU_subset_mean": miou + 10},
+        "classes": ["grass", "cat"],
+        "per_class_IoU": [miou - 5.0, miou + 5.0],
     }
 
 
@@ -116,7 +118,12 @@ def test_aggregate_and_markdown_from_records(compare, tmp_path: Path) -> None:
     assert not vocabulary["fpn"]["open_vocabulary"]
     (renamed,) = summary["vocabulary_paired"]
     assert renamed["comparison"] == "bridge - lseg, paraphrased names" and renamed["mean"] == pytest.approx(0.55)
+    per_class = {(row["class"], row["comparison"]): row for row in summary["per_class"]}
+    assert len(per_class) == 6  # 2 classes x 3 baselines
+    assert per_class[("cat", "bridge - denseclip")]["mean"] == pytest.approx(2.1)
+    assert per_class[("grass", "bridge - fpn")]["t_p"] == pytest.approx(stats.ttest_1samp([0.5, 0.6, 0.7], 0).pvalue)
     markdown = compare.to_markdown(summary)
+    assert "| cat | +2.10 (" in markdown and "### Per class, `mosaic`" in markdown
     assert "| mosaic | bridge - denseclip | 3 | +2.00, +2.10, +2.20 | +2.10 |" in markdown
     assert "PARTIAL" not in markdown
     assert not compare.plot_curve(summary, tmp_path / "curve.png")  # no curve study: nothing to plot
