@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def compare():
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))  # as when run as a script: its shared `_results` module
     spec = importlib.util.spec_from_file_location("compare_benchmark", REPO / "benchmarks" / "compare.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
@@ -142,6 +144,21 @@ def test_learning_curve_plot(compare, tmp_path: Path) -> None:
     ]
     assert compare.plot_curve(summary, tmp_path / "curve.png")
     assert Image.open(tmp_path / "curve.png").size[0] > 100
+
+
+def test_aggregate_only_writes_where_out_says(compare, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    argv = ["--studies", "curve", "--curve-iterations", "200", "1200", "--raw-dir", str(raw)]
+    for run in compare.plan(_args(compare, *argv)).ordered_runs():
+        (raw / f"{run.name}.json").write_text(json.dumps(_record(run, run.budget.iterations / 100)))
+    out = tmp_path / "results" / "study_1200"
+    assert compare.main([*argv, "--aggregate-only", "--out", str(out)]) == 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["complete"] and len(summary["curve"]) == 4
+    markdown = out.with_suffix(".md").read_text()
+    assert "![learning curve](study_1200_curve.png)" in markdown
+    assert Image.open(tmp_path / "results" / "study_1200_curve.png").size[0] > 100
 
 
 def test_heldout_copy_ignores_the_held_out_classes_in_training_masks_only(compare, tmp_path: Path) -> None:
