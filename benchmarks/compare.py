@@ -424,7 +424,7 @@ def _execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
             "unseen_mIoU": unseen_miou,
             "harmonic_mIoU": harmonic,
         }
-    elif run.backbone == DECISION_BACKBONE[0] and run.variant == "default":
+    elif _records_vocabulary(run):
         record["vocabulary"] = _vocabulary_metrics(model, data_dir, classes, paraphrases)
     # How much of each residual update the trained fusion module lets through (identity start begins at 1e-4):
     # near 1e-4 after training means the bridge is not used.
@@ -463,9 +463,22 @@ def _worker_init(threads: int) -> None:
     logging.basicConfig(level=logging.WARNING)
 
 
+def _records_vocabulary(run: Run) -> bool:
+    """Whether the run's record holds the vocabulary metrics: every Lite0 run on a mosaic, ablation rows included."""
+    return run.backbone == DECISION_BACKBONE[0] and run.dataset != HELDOUT_DATASET
+
+
+def is_finished(run: Run, raw_dir: Path) -> bool:
+    """The run's record exists and holds what this version records (older ablation records lack the vocabulary)."""
+    path = raw_dir / f"{run.name}.json"
+    if not path.is_file():
+        return False
+    return not _records_vocabulary(run) or "vocabulary" in json.loads(path.read_text())
+
+
 def run_all(runs: list[Run], data_root: Path, raw_dir: Path, workers: int) -> None:
     """Run every unfinished run, `workers` at a time, each in a worker process that keeps its imports."""
-    todo = [run for run in runs if not (raw_dir / f"{run.name}.json").is_file()]
+    todo = [run for run in runs if not is_finished(run, raw_dir)]
     logger.info("%d runs planned, %d finished already, %d to do", len(runs), len(runs) - len(todo), len(todo))
     if not todo:
         return
@@ -679,16 +692,33 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
         for method in ("bridge", "lseg")
     }
     default, default_lseg = references["bridge"], references["lseg"]
+
+    def paraphrased(records: list[dict]) -> dict[int, float]:
+        return {r["seed"]: r["vocabulary"]["mIoU_paraphrased"] for r in records if "vocabulary" in r}
+
     if default:
-        summary["ablation"].append({"variant": "default", "method": "bridge"} | _summary(list(default.values())))
+        summary["ablation"].append(
+            {"variant": "default", "method": "bridge"}
+            | _summary(list(default.values()))
+            | {"paraphrased_runs": [round(v, 2) for v in paraphrased(list(default.values())).values()]}
+        )
     for variant, items in group(done("ablation"), lambda run: run.variant).items():
         method, options = ABLATIONS[variant]
         reference = default_lseg if method == "lseg" else default
         seeds = sorted(set(reference) & {r["seed"] for r in items})
         mine = {r["seed"]: r["mIoU"] for r in items}
         diff = paired_difference([mine[s] for s in seeds], [reference[s]["mIoU"] for s in seeds])
+        # Renamed classes: what the switch does to the language path's one edge (see the vocabulary table).
+        mine_renamed, reference_renamed = paraphrased(items), paraphrased(list(reference.values()))
+        renamed_seeds = sorted(set(mine_renamed) & set(reference_renamed))
+        renamed = paired_difference(
+            [mine_renamed[s] for s in renamed_seeds], [reference_renamed[s] for s in renamed_seeds]
+        )
         summary["ablation"].append(
-            {"variant": variant, "method": method, "options": options} | _summary(items) | {"vs_default": diff}
+            {"variant": variant, "method": method, "options": options}
+            | _summary(items)
+            | {"vs_default": diff, "paraphrased_runs": [round(v, 2) for v in mine_renamed.values()]}
+            | {"paraphrased_vs_default": renamed}
         )
 
     for method, items in group(done("heldout"), lambda run: run.method).items():
@@ -898,18 +928,26 @@ def to_markdown(summary: dict[str, Any], curve_name: str = "compare_curve.png") 
         lines += [
             "## Ablation on `mosaic`, decision budget",
             "",
-            "One switch at a time; difference to the default (same seeds), with its paired t-test.",
+            "One switch at a time; difference to the default (same seeds), with its paired t-test. *Paraphrased*: "
+            "mIoU with every class renamed (as in the vocabulary table); rows recorded before the ablation recorded "
+            "it have none.",
             "",
-            "| variant | method | options | mIoU | vs default | paired t p | params (M) | GFLOPs |",
-            "|---|---|---|---:|---:|---:|---:|---:|",
+            "| variant | method | options | mIoU | vs default | paired t p | paraphrased | vs default | paired t p "
+            "| params (M) | GFLOPs |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
+
+        def delta(diff: dict | None) -> str:
+            return f"{diff['mean']:+.2f} (n={diff['n']})" if diff and diff["mean"] is not None else "–"
+
         for row in summary["ablation"]:
-            diff = row.get("vs_default")
-            delta = f"{diff['mean']:+.2f} (n={diff['n']})" if diff and diff["mean"] is not None else "–"
+            diff, renamed = row.get("vs_default"), row.get("paraphrased_vs_default")
             options = ", ".join(f"{k}={v}" for k, v in row.get("options", {}).items()) or "–"
             lines.append(
-                f"| {row['variant']} | {row['method']} | {options} | {_cell(row['mIoU_runs'])} | {delta} | "
-                f"{_p(diff.get('t_p')) if diff else '–'} | {row['params_M']:.2f} | {row['GFLOPs']:.3f} |"
+                f"| {row['variant']} | {row['method']} | {options} | {_cell(row['mIoU_runs'])} | {delta(diff)} | "
+                f"{_p(diff.get('t_p')) if diff else '–'} | {_cell(row.get('paraphrased_runs', []))} | "
+                f"{delta(renamed)} | {_p(renamed.get('t_p')) if renamed else '–'} | {row['params_M']:.2f} | "
+                f"{row['GFLOPs']:.3f} |"
             )
         lines.append("")
     if summary["scratch"]:

@@ -181,3 +181,32 @@ def test_heldout_copy_ignores_the_held_out_classes_in_training_masks_only(compar
         assert (
             np.array(Image.open(path)) == np.array(Image.open(tmp_path / "heldout" / "masks" / "val" / path.name))
         ).all()
+
+
+def test_a_record_without_what_this_version_records_is_redone(compare, tmp_path: Path) -> None:
+    the_plan = compare.plan(_args(compare, "--studies", "ablation", "heldout", "--variants", "legacy"))
+    legacy = the_plan.studies["ablation"][0]
+    heldout = the_plan.studies["heldout"][0]
+    assert not compare.is_finished(legacy, tmp_path)  # no record
+    record = _record(legacy, 50.0)
+    del record["vocabulary"]
+    (tmp_path / f"{legacy.name}.json").write_text(json.dumps(record))
+    assert not compare.is_finished(legacy, tmp_path)  # an ablation record from before it held the vocabulary
+    (tmp_path / f"{legacy.name}.json").write_text(json.dumps(_record(legacy, 50.0)))
+    assert compare.is_finished(legacy, tmp_path)
+    (tmp_path / f"{heldout.name}.json").write_text(json.dumps({"seed": 0}))
+    assert compare.is_finished(heldout, tmp_path)  # held-out runs record the generalised zero-shot metrics instead
+
+
+def test_the_ablation_table_pairs_paraphrased_mIoU_with_the_default(compare, tmp_path: Path) -> None:
+    argv = ["--studies", "decision", "ablation", "--datasets", "mosaic", "--seeds", "0", "1", "2"]
+    the_plan = compare.plan(_args(compare, *argv, "--variants", "bridge_none"))
+    for run in the_plan.ordered_runs():
+        miou = 50.0 + (run.seed if run.variant == "bridge_none" else 0.0)
+        (tmp_path / f"{run.name}.json").write_text(json.dumps(_record(run, miou)))
+    summary = compare.aggregate(the_plan, tmp_path, compare.Budget())
+    rows = {row["variant"]: row for row in summary["ablation"]}
+    assert rows["default"]["paraphrased_runs"] == [25.0, 25.0, 25.0]
+    assert rows["bridge_none"]["vs_default"]["differences"] == [0.0, 1.0, 2.0]
+    assert rows["bridge_none"]["paraphrased_vs_default"]["differences"] == [0.0, 0.5, 1.0]
+    assert "| bridge_none | bridge | bridge=none | 51.00 ± 1.00 (n=3) | +1.00 (n=3) |" in compare.to_markdown(summary)
