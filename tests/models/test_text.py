@@ -469,3 +469,12 @@ def test_hf_sentence_encoder_round_trip(tiny_hf_bert, pooling, tmp_path):
     torch.testing.assert_close(encoder.encode(NAMES), expected, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="needs a CLIP text model"):
         create_text_encoder(f"hf:{folder}", prompt_context=4)
+
+
+def test_reading_a_torchscript_archive_hides_only_jit_loads_deprecation_notice(tiny_openclip):
+    _, config_path, folder = tiny_openclip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        create_text_encoder(f"openclip:{config_path}:{folder / 'tiny_torchscript.pt'}", templates=TEMPLATES)
+    messages = [str(item.message) for item in caught]
+    assert not any("torch.jit.load` is deprecated" in message for message in messages), messages

@@ -718,8 +718,9 @@ def _read_text_tensors(weights_path: str, expected: set[str]) -> dict[str, torch
         # OpenAI's original CLIP files are TorchScript archives; reading their tensors runs no pickled Python.
         logger.info("%s is a TorchScript archive; reading its state dict.", weights_path)
         with warnings.catch_warnings():
-            # torch.jit.load is deprecated in favour of torch.export, which cannot read these files.
-            warnings.simplefilter("ignore", FutureWarning)
+            # torch.jit.load is deprecated in favour of torch.export, which cannot read these files. Only that
+            # notice: its Python 3.14 warning ("may break") and any other FutureWarning stay visible.
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=FutureWarning)
             checkpoint = torch.jit.load(weights_path, map_location="cpu").state_dict()
     else:
         try:
