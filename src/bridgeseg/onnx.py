@@ -383,9 +383,6 @@ def _decode_metadata(raw: dict[str, str], path: str | os.PathLike[str]) -> dict[
     return metadata
 
 
-# ----------------------------------------------------------------------------------------------------- parity
-
-
 # ------------------------------------------------------------------------------------------ ONNX Runtime sessions
 
 
@@ -436,6 +433,9 @@ def probe_means(logits: np.ndarray) -> np.ndarray:
 def encode_probe(means: np.ndarray) -> str:
     """The metadata value of the fingerprint `probe_means` (what `read_metadata` decodes)."""
     return json.dumps([round(float(value), 6) for value in means.tolist()])
+
+
+# ----------------------------------------------------------------------------------------------------- parity
 
 
 @dataclasses.dataclass

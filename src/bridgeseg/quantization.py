@@ -244,7 +244,6 @@ def quantize_onnx(
         "calibration_images": str(len(files)),
         "calibration_size": str(size),
     }
-    onnx.helper.set_model_props(proto, properties)
     # The fp32 file's probe logits are PyTorch's; the int8 graph gives others. Recorded from the int8 graph itself,
     # they keep `OnnxBackend`'s load-time check (metadata belongs to this graph) meaningful.
     properties[_PROBE_KEY] = encode_probe(probe_means(probe_logits(ort_session(proto.SerializeToString()), metadata)))
