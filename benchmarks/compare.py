@@ -577,28 +577,18 @@ def _summary(items: list[dict]) -> dict[str, Any]:
     }
 
 
-def _per_class_differences(dataset: str, cells: dict[str, list[dict]]) -> list[dict[str, Any]]:
-    """Per class of `dataset`, `bridge - X` in IoU over the paired seeds: mean and paired t p-value.
+def _per_class_differences(bridge: list[dict], other: list[dict]) -> list[dict[str, Any]]:
+    """Per class, `bridge - other` in IoU over paired records (same seeds, same order): mean and paired t p-value.
 
     Descriptive: where the bridge should show an edge (look-alike classes) it would show here first; with K classes
     and three baselines, a few p-values below 0.05 come by chance.
     """
-    by_seed = {method: {r["seed"]: r for r in items} for method, items in cells.items()}
     rows = []
-    for other in ("denseclip", "lseg", "fpn"):
-        seeds = sorted(set(by_seed["bridge"]) & set(by_seed[other]))
-        if len(seeds) < 2:
-            continue
-        classes = by_seed["bridge"][seeds[0]]["classes"]
-        for index, name in enumerate(classes):
-            diff = paired_difference(
-                [by_seed["bridge"][s]["per_class_IoU"][index] for s in seeds],
-                [by_seed[other][s]["per_class_IoU"][index] for s in seeds],
-            )
-            rows.append(
-                {"dataset": dataset, "comparison": f"bridge - {other}", "class": name, "mean": diff["mean"]}
-                | {"t_p": diff["t_p"], "seeds": seeds}
-            )
+    for index, name in enumerate(bridge[0]["classes"]):
+        diff = paired_difference(
+            [r["per_class_IoU"][index] for r in bridge], [r["per_class_IoU"][index] for r in other]
+        )
+        rows.append({"class": name, "mean": diff["mean"], "t_p": diff["t_p"]})
     return rows
 
 
@@ -645,12 +635,15 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
             | _summary(items)
         )
     for dataset in sorted({run.dataset for run, _ in decision}):
-        by_seed = {m: {r["seed"]: r["mIoU"] for r in by_cell.get((dataset, m), [])} for m in METHODS}
+        by_seed = {m: {r["seed"]: r for r in by_cell.get((dataset, m), [])} for m in METHODS}
         for other in ("denseclip", "lseg", "fpn"):
             seeds = sorted(set(by_seed["bridge"]) & set(by_seed[other]))
-            diff = paired_difference([by_seed["bridge"][s] for s in seeds], [by_seed[other][s] for s in seeds])
-            summary["paired"].append({"dataset": dataset, "comparison": f"bridge - {other}", "seeds": seeds} | diff)
-        summary["per_class"] += _per_class_differences(dataset, {m: by_cell.get((dataset, m), []) for m in METHODS})
+            mine, theirs = [by_seed["bridge"][s] for s in seeds], [by_seed[other][s] for s in seeds]
+            diff = paired_difference([r["mIoU"] for r in mine], [r["mIoU"] for r in theirs])
+            comparison = {"dataset": dataset, "comparison": f"bridge - {other}", "seeds": seeds}
+            summary["paired"].append(comparison | diff)
+            if len(seeds) >= 2:
+                summary["per_class"] += [comparison | row for row in _per_class_differences(mine, theirs)]
         for method in METHODS:
             items = by_cell.get((dataset, method), [])
             vocab = [r["vocabulary"] for r in items if "vocabulary" in r]
