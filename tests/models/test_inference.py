@@ -14,8 +14,7 @@ from bridgeseg.models import create_model, inference
 from bridgeseg.models.inference import bf16_is_fast, optimize_for_inference, resolve_precision
 from bridgeseg.models.prediction import TorchBackend
 from tests.conftest import CLASSES
-from tests.models.test_prediction import _tiny as _tiny_model
-from tests.models.test_prediction import fit_two_regions
+from tests.models.test_prediction import trained_tiny
 
 NORMS = (nn.BatchNorm2d, BatchNormAct2d)
 
@@ -123,8 +122,7 @@ def test_backend_uses_the_model_itself_in_training_mode_and_by_default(class_emb
 
 
 def test_predictor_predicts_with_the_optimised_copy(class_embeddings: torch.Tensor) -> None:
-    torch.manual_seed(0)
-    model = fit_two_regions(_tiny_model("bridge", class_embeddings))
+    model = trained_tiny("bridge", class_embeddings)
     images = torch.rand(3, 70, 90)
     optimized = Predictor(model).predict(images)
     plain = Predictor(model, optimize=False).predict(images)
@@ -203,8 +201,7 @@ def test_bf16_labels_agree_with_fp32_on_a_trained_model(method: str, class_embed
     # Trained on the two-region images of test_prediction, so the logits have regions; bf16 keeps 8 bits of
     # mantissa, so labels may flip where two classes are nearly tied (region boundaries). When written, the
     # worst image agreed on 99.4 % of its pixels (lseg); the bound leaves room for other kernels' rounding.
-    torch.manual_seed(0)
-    model = fit_two_regions(_tiny_model(method, class_embeddings))
+    model = trained_tiny(method, class_embeddings)
     images = torch.rand(4, 3, 64, 64) * 0.2
     images[:, 0, :, 32:] += 0.7
     images[:, 2, 40:, :] += 0.7

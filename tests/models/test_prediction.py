@@ -86,12 +86,17 @@ def fit_two_regions(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+def trained_tiny(method: str, class_embeddings: torch.Tensor) -> torch.nn.Module:
+    """The tiny model of `method`, built from seed 0 and fitted to the two regions (`fit_two_regions`)."""
+    torch.manual_seed(0)
+    return fit_two_regions(_tiny(method, class_embeddings))
+
+
 @pytest.mark.parametrize("method", ["bridge", "lseg", "fpn"])
 @pytest.mark.parametrize("trained", [False, True])
 def test_predict_labels_equal_the_full_path(method: str, trained: bool, class_embeddings: torch.Tensor) -> None:
     if trained:
-        torch.manual_seed(0)
-        model = fit_two_regions(_tiny(method, class_embeddings))
+        model = trained_tiny(method, class_embeddings)
     else:
         torch.manual_seed(1)
         model = _tiny(method, class_embeddings).eval()
