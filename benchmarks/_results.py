@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def script_main(script: str, parse_args, run, to_markdown, argv: list[str] | Non
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    args.command = " ".join(["python", f"benchmarks/{script}", *argv])
+    args.command = shlex.join(["python", f"benchmarks/{script}", *argv])
     summary = run(args)
     write_results(Path(args.out), summary, to_markdown(summary))
     return 0

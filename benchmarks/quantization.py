@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -38,9 +37,9 @@ from typing import Any
 import onnxruntime as ort
 import torch
 from _evaluation import Predict, evaluate
+from _results import script_main
 
 from bridgeseg.checkpoints import load_model
-from bridgeseg.io import write_atomically
 from bridgeseg.models.inference import cpuinfo_flags
 from bridgeseg.models.prediction import TorchBackend, segment
 from bridgeseg.onnx import OnnxBackend, export_onnx, ort_session, read_metadata
@@ -195,9 +194,8 @@ def markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Export, quantise, evaluate and time; the record `markdown` renders."""
     torch.set_num_threads(args.threads)
     model_dir, data_dir = Path(args.model), Path(args.data)
     meta = check_inputs(model_dir, data_dir)
@@ -231,9 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             name: path.stat().st_size / 2**20 for name, path in paths.items() if name in ("ORT float32", "ORT int8")
         }
 
-    command = "python benchmarks/quantization.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    record = {
-        "command": command.strip(),
+    return {
+        "command": args.command,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": str(model_dir),
         "data": str(data_dir),
@@ -256,11 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
-    out = Path(args.out)
-    write_atomically(out.with_suffix(".json"), lambda file: file.write(json.dumps(record, indent=2).encode()))
-    write_atomically(out.with_suffix(".md"), lambda file: file.write(markdown(record).encode()))
-    logger.info("wrote %s.md and .json in %.0f s", out, record["wall_time_s"])
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return script_main("quantization.py", parse_args, run, markdown, argv)
 
 
 if __name__ == "__main__":

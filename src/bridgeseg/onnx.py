@@ -70,7 +70,8 @@ OUTPUTS = ("logits", "coarse_logits")
 _TRACE_SIZE = (64, 96)
 _TRACE_BATCH = 2
 _PARITY_SIZES = ((64, 96), (128, 64))
-_PROBE_KEY = "probe_logits"
+PROBE_KEY = "probe_logits"
+"""The metadata property holding the exported graph's logits on the blank probe image (`encode_probe`)."""
 # PyTorch and ONNX Runtime agree on these mean logits to about 1e-5; another graph differs by far more.
 _PROBE_TOLERANCE = 1e-3
 
@@ -274,7 +275,7 @@ def export_onnx(
         class_dim.dim_value = len(classes)
     existing = {prop.key: prop.value for prop in proto.metadata_props}
     # The logits of a blank image tie the metadata to this graph: `OnnxBackend` compares them when it loads it.
-    fingerprint = {_PROBE_KEY: encode_probe(blank_means.cpu().numpy())}
+    fingerprint = {PROBE_KEY: encode_probe(blank_means.cpu().numpy())}
     metadata = _metadata(model, classes, embeddings, open_vocab, output, stride)
     onnx.helper.set_model_props(proto, existing | metadata | fingerprint)
     shape = "[B, K, H, W]" if output == "logits" else f"[B, K, H/{stride}, W/{stride}]"
@@ -369,8 +370,8 @@ def _decode_metadata(raw: dict[str, str], path: str | os.PathLike[str]) -> dict[
         if "class_embeddings" in raw:
             values = np.frombuffer(base64.b64decode(raw["class_embeddings"]), dtype="<f4")
             metadata["class_embeddings"] = values.reshape(len(metadata["classes"]), metadata["text_dim"]).copy()
-        if _PROBE_KEY in raw:
-            metadata[_PROBE_KEY] = np.asarray(json.loads(raw[_PROBE_KEY]), dtype=np.float32)
+        if PROBE_KEY in raw:
+            metadata[PROBE_KEY] = np.asarray(json.loads(raw[PROBE_KEY]), dtype=np.float32)
         # The names label every output (and draw the legend): the one validator, length cap included.
         metadata["classes"] = validate_class_names(metadata["classes"])
         if len(metadata["pixel_mean"]) != 3 or metadata["size_multiple"] < 1:
@@ -606,7 +607,7 @@ class OnnxBackend:
                 f"names {len(self.classes)} ({describe_classes(self.classes)}); the metadata belongs to another "
                 "model: re-export it with `bridgeseg export --onnx`"
             )
-        recorded = self.metadata.get(_PROBE_KEY)  # older exports have none
+        recorded = self.metadata.get(PROBE_KEY)  # older exports have none
         if recorded is not None:
             actual = probe_means(probe)
             if recorded.shape != actual.shape or not np.allclose(

@@ -33,7 +33,7 @@ from bridgeseg.errors import DatasetError, DatasetNotFoundError
 from bridgeseg.images import IMAGE_EXTENSIONS, load_image
 from bridgeseg.io import check_writable, write_atomically
 from bridgeseg.onnx import (
-    _PROBE_KEY,
+    PROBE_KEY,
     SIZE_MULTIPLE,
     encode_probe,
     ort_session,
@@ -246,7 +246,7 @@ def quantize_onnx(
     }
     # The fp32 file's probe logits are PyTorch's; the int8 graph gives others. Recorded from the int8 graph itself,
     # they keep `OnnxBackend`'s load-time check (metadata belongs to this graph) meaningful.
-    properties[_PROBE_KEY] = encode_probe(probe_means(probe_logits(ort_session(proto.SerializeToString()), metadata)))
+    properties[PROBE_KEY] = encode_probe(probe_means(probe_logits(ort_session(proto.SerializeToString()), metadata)))
     onnx.helper.set_model_props(proto, properties)
     proto.doc_string = f"{proto.doc_string} (int8, calibrated on {len(files)} images of {size}×{size})".strip()
     onnx.checker.check_model(proto)
