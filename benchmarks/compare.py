@@ -355,10 +355,18 @@ def _vocabulary_metrics(
     return results
 
 
+def seen_unseen_miou(classes: list[str], per_class_iou: list[float | None]) -> tuple[float, float]:
+    """mIoU (percent) over the classes outside `HELDOUT_CLASSES` and over those inside; None / NaN IoU skipped."""
+    import numpy as np
+
+    iou = np.array([np.nan if v is None else v for v in per_class_iou], dtype=float)
+    held = np.isin(classes, HELDOUT_CLASSES)
+    return float(np.nanmean(iou[~held])), float(np.nanmean(iou[held]))
+
+
 def _execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
     """Train and evaluate one run in this process; write and return its record."""
     import lightning.pytorch as pl
-    import numpy as np
     import torch
 
     from bridgeseg.engine.cli import run_lightning_cli
@@ -413,10 +421,7 @@ def _execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
     }
     paraphrases = json.loads(PARAPHRASES.read_text())
     if run.dataset == HELDOUT_DATASET:
-        iou = results["IoU"].tolist()
-        unseen = [iou[classes.index(name)] for name in HELDOUT_CLASSES]
-        seen = [v for name, v in zip(classes, iou, strict=True) if name not in HELDOUT_CLASSES]
-        seen_miou, unseen_miou = float(np.nanmean(seen)), float(np.nanmean(unseen))  # percent already
+        seen_miou, unseen_miou = seen_unseen_miou(classes, record["per_class_IoU"])
         harmonic = 2 * seen_miou * unseen_miou / (seen_miou + unseen_miou) if seen_miou + unseen_miou > 0 else 0.0
         record["heldout"] = {
             "classes": list(HELDOUT_CLASSES),
@@ -585,9 +590,10 @@ def _per_class_differences(bridge: list[dict], other: list[dict]) -> list[dict[s
     """
     rows = []
     for index, name in enumerate(bridge[0]["classes"]):
-        diff = paired_difference(
-            [r["per_class_IoU"][index] for r in bridge], [r["per_class_IoU"][index] for r in other]
-        )
+        # A class absent from val and never predicted has no IoU (None): pair only the seeds where both have one.
+        pairs = [(a["per_class_IoU"][index], b["per_class_IoU"][index]) for a, b in zip(bridge, other, strict=True)]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        diff = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
         rows.append({"class": name, "mean": diff["mean"], "t_p": diff["t_p"]})
     return rows
 
@@ -615,6 +621,7 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
         "vocabulary": [],
         "vocabulary_paired": [],
         "heldout": [],
+        "heldout_paired": [],
         "scratch": [],
     }
 
@@ -714,11 +721,33 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
             | {"paraphrased_vs_default": renamed}
         )
 
+    # Held-out classes: next to each method, what the same seeds score on the same classes when trained on all of
+    # them (its decision runs on the mosaic the held-out copy derives from), and bridge - lseg seed by seed.
+    trained_on_all = {
+        method: {r["seed"]: r for run, r in decision if run.dataset == "mosaic" and run.method == method}
+        for method in LANGUAGE_METHODS
+    }
+    heldout_by_seed: dict[str, dict[int, dict]] = {}
     for method, items in group(done("heldout"), lambda run: run.method).items():
+        heldout_by_seed[method] = {r["seed"]: r["heldout"] for r in items}
         row = {"method": method, "n": len(items), "seeds": [r["seed"] for r in items]}
         for key in ("seen_mIoU", "unseen_mIoU", "harmonic_mIoU"):
             row[key] = [round(r["heldout"][key], 2) for r in items]
+        full = [trained_on_all[method][r["seed"]] for r in items if r["seed"] in trained_on_all.get(method, {})]
+        splits = [seen_unseen_miou(r["classes"], r["per_class_IoU"]) for r in full]
+        row["trained_on_all"] = {
+            "seeds": [r["seed"] for r in full],
+            "seen_mIoU": [round(seen, 2) for seen, _ in splits],
+            "heldout_classes_mIoU": [round(unseen, 2) for _, unseen in splits],
+        }
         summary["heldout"].append(row)
+    if {"bridge", "lseg"} <= set(heldout_by_seed):
+        seeds = sorted(set(heldout_by_seed["bridge"]) & set(heldout_by_seed["lseg"]))
+        for key in ("unseen_mIoU", "harmonic_mIoU", "seen_mIoU"):
+            diff = paired_difference(
+                [heldout_by_seed["bridge"][s][key] for s in seeds], [heldout_by_seed["lseg"][s][key] for s in seeds]
+            )
+            summary["heldout_paired"].append({"comparison": "bridge - lseg", "metric": key, "seeds": seeds} | diff)
 
     for (backbone, method), items in group(done("scratch"), lambda run: (run.backbone, run.method)).items():
         summary["scratch"].append({"method": method, "backbone": backbone, "pretrained": False} | _summary(items))
@@ -791,7 +820,8 @@ def _per_class_markdown(rows: list[dict[str, Any]]) -> list[str]:
         ]
         for name in dict.fromkeys(row["class"] for row in mine):
             values = [cells[(name, comparison)] for comparison in comparisons]
-            lines.append(f"| {name} | " + " | ".join(f"{v['mean']:+.2f} ({_p(v['t_p'])})" for v in values) + " |")
+            shown = ("–" if v["mean"] is None else f"{v['mean']:+.2f} ({_p(v['t_p'])})" for v in values)
+            lines.append(f"| {name} | " + " | ".join(shown) + " |")
         lines.append("")
     return lines
 
@@ -906,17 +936,30 @@ def to_markdown(summary: dict[str, Any], curve_name: str = "compare_curve.png") 
         lines += [
             f"## Held-out classes ({', '.join(HELDOUT_CLASSES)}): generalised zero-shot",
             "",
-            "Trained on `mosaic` with those classes' pixels ignored, evaluated with every name.",
+            "Trained on `mosaic` with those classes' pixels ignored, evaluated with every name. *Trained on all*: "
+            "the same method and seeds in the decision table (every class trained), on the same two class groups.",
             "",
-            "| method | seen mIoU | unseen mIoU | harmonic mean |",
-            "|---|---:|---:|---:|",
+            "| method | seen mIoU | unseen mIoU | harmonic mean | trained on all: seen | trained on all: held-out "
+            "classes |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for row in summary["heldout"]:
+            full = row["trained_on_all"]
             lines.append(
                 f"| {row['method']} | {_cell(row['seen_mIoU'])} | {_cell(row['unseen_mIoU'])} | "
-                f"{_cell(row['harmonic_mIoU'])} |"
+                f"{_cell(row['harmonic_mIoU'])} | {_cell(full['seen_mIoU'])} | {_cell(full['heldout_classes_mIoU'])} |"
             )
         lines.append("")
+        for row in summary["heldout_paired"]:
+            ci = f"[{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]" if row.get("ci95") else "–"
+            mean = f"{row['mean']:+.2f}" if row["mean"] is not None else "–"
+            lines.append(
+                f"- {row['comparison']}, {row['metric']}: per seed "
+                f"{', '.join(f'{d:+.2f}' for d in row['differences'])}, mean {mean}, 95 % CI {ci}, "
+                f"paired t p {_p(row.get('t_p'))}."
+            )
+        if summary["heldout_paired"]:
+            lines.append("")
     if summary["ablation"]:
         lines += [
             "## Ablation on `mosaic`, decision budget",

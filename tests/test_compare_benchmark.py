@@ -210,3 +210,30 @@ def test_the_ablation_table_pairs_paraphrased_mIoU_with_the_default(compare, tmp
     assert rows["bridge_none"]["vs_default"]["differences"] == [0.0, 1.0, 2.0]
     assert rows["bridge_none"]["paraphrased_vs_default"]["differences"] == [0.0, 0.5, 1.0]
     assert "| bridge_none | bridge | bridge=none | 51.00 ± 1.00 (n=3) | +1.00 (n=3) |" in compare.to_markdown(summary)
+
+
+def test_heldout_rows_sit_beside_the_same_classes_trained_and_pair_bridge_with_lseg(compare, tmp_path: Path) -> None:
+    argv = ["--studies", "decision", "heldout", "--datasets", "mosaic", "--seeds", "0", "1", "2"]
+    the_plan = compare.plan(_args(compare, *argv, "--heldout-seeds", "0", "1", "2"))
+    classes = ["grass", "cat", "gravel", "sky"]  # cat and gravel are held out
+    for run in the_plan.ordered_runs():
+        record = _record(run, 50.0) | {"classes": classes, "per_class_IoU": [60.0, 40.0, 20.0 + run.seed, None]}
+        if run.dataset == compare.HELDOUT_DATASET:
+            unseen = 2.0 * run.seed + (3.0 if run.method == "bridge" else 1.0)
+            record["heldout"] = {"seen_mIoU": 55.0, "unseen_mIoU": unseen, "harmonic_mIoU": unseen / 2}
+        (tmp_path / f"{run.name}.json").write_text(json.dumps(record))
+    summary = compare.aggregate(the_plan, tmp_path, compare.Budget())
+    rows = {row["method"]: row for row in summary["heldout"]}
+    assert set(rows) == {"bridge", "lseg"}
+    # Trained on every class: seen = grass only (sky has no IoU), held-out classes = mean of cat and gravel.
+    assert rows["bridge"]["trained_on_all"] == {
+        "seeds": [0, 1, 2],
+        "seen_mIoU": [60.0, 60.0, 60.0],
+        "heldout_classes_mIoU": [30.0, 30.5, 31.0],
+    }
+    paired = {row["metric"]: row for row in summary["heldout_paired"]}
+    assert paired["unseen_mIoU"]["differences"] == [2.0, 2.0, 2.0]
+    assert paired["harmonic_mIoU"]["mean"] == 1.0 and paired["seen_mIoU"]["mean"] == 0.0
+    markdown = compare.to_markdown(summary)
+    assert "| bridge | 55.00 ± 0.00 (n=3) | 5.00 ± 2.00 (n=3) |" in markdown
+    assert "- bridge - lseg, unseen_mIoU: per seed +2.00, +2.00, +2.00, mean +2.00" in markdown
