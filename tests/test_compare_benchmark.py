@@ -161,26 +161,28 @@ def test_aggregate_only_writes_where_out_says(compare, tmp_path: Path) -> None:
     assert Image.open(tmp_path / "results" / "study_1200_curve.png").size[0] > 100
 
 
-def test_heldout_copy_ignores_the_held_out_classes_in_training_masks_only(compare, tmp_path: Path) -> None:
+def test_heldout_copy_drops_the_held_out_names_and_ignores_their_pixels(compare, tmp_path: Path) -> None:
     from bridgeseg.data.mosaic import generate_mosaic
 
     source = generate_mosaic(tmp_path / "mosaic", num_train=6, num_val=3, size=32, seed=0)
     compare._make_heldout(source, tmp_path / "heldout")
-    classes = (source / "classes.txt").read_text().splitlines()
-    heldout = {classes.index(name) for name in compare.HELDOUT_CLASSES}
-    seen_before = set()
-    for path in sorted((source / "masks" / "train").glob("*.png")):
+    classes = compare.dataset_classes(source)
+    seen = compare.dataset_classes(tmp_path / "heldout")
+    assert seen == [name for name in classes if name not in compare.HELDOUT_CLASSES]
+    assert json.loads((tmp_path / "heldout" / "meta.json").read_text())["classes"] == seen
+    held_before = False
+    for path in sorted((source / "masks").glob("*/*.png")):
         before = np.array(Image.open(path))
-        after = np.array(Image.open(tmp_path / "heldout" / "masks" / "train" / path.name))
-        seen_before |= set(np.unique(before).tolist())
-        assert not heldout & set(np.unique(after).tolist())
-        keep = ~np.isin(before, list(heldout))
-        assert (after[keep] == before[keep]).all() and (after[~keep] == 255).all()
-    assert heldout & seen_before, "the tiny mosaic should contain a held-out class for this test to mean anything"
-    for path in sorted((source / "masks" / "val").glob("*.png")):
-        assert (
-            np.array(Image.open(path)) == np.array(Image.open(tmp_path / "heldout" / "masks" / "val" / path.name))
-        ).all()
+        after = np.array(Image.open(tmp_path / "heldout" / "masks" / path.parent.name / path.name))
+        # Every label is renumbered to the seen list; held-out classes and ignore become ignore.
+        expected = np.full_like(before, 255)
+        for index, name in enumerate(classes):
+            if name in seen:
+                expected[before == index] = seen.index(name)
+            else:
+                held_before |= bool((before == index).any())
+        assert (after == expected).all()
+    assert held_before, "the tiny mosaic should contain a held-out class for this test to mean anything"
 
 
 def test_a_record_without_what_this_version_records_is_redone(compare, tmp_path: Path) -> None:
@@ -194,7 +196,9 @@ def test_a_record_without_what_this_version_records_is_redone(compare, tmp_path:
     assert not compare.is_finished(legacy, tmp_path)  # an ablation record from before it held the vocabulary
     (tmp_path / f"{legacy.name}.json").write_text(json.dumps(_record(legacy, 50.0)))
     assert compare.is_finished(legacy, tmp_path)
-    (tmp_path / f"{heldout.name}.json").write_text(json.dumps({"seed": 0}))
+    (tmp_path / f"{heldout.name}.json").write_text(json.dumps({"seed": 0, "heldout": {"seen_mIoU": 50.0}}))
+    assert not compare.is_finished(heldout, tmp_path)  # trained with the unseen names in the vocabulary: redone
+    (tmp_path / f"{heldout.name}.json").write_text(json.dumps({"seed": 0, "heldout": {"protocol": "seen names only"}}))
     assert compare.is_finished(heldout, tmp_path)  # held-out runs record the generalised zero-shot metrics instead
 
 
@@ -220,7 +224,12 @@ def test_heldout_rows_sit_beside_the_same_classes_trained_and_pair_bridge_with_l
         record = _record(run, 50.0) | {"classes": classes, "per_class_IoU": [60.0, 40.0, 20.0 + run.seed, None]}
         if run.dataset == compare.HELDOUT_DATASET:
             unseen = 2.0 * run.seed + (3.0 if run.method == "bridge" else 1.0)
-            record["heldout"] = {"seen_mIoU": 55.0, "unseen_mIoU": unseen, "harmonic_mIoU": unseen / 2}
+            record["heldout"] = {
+                "seen_mIoU": 55.0,
+                "unseen_mIoU": unseen,
+                "harmonic_mIoU": unseen / 2,
+                "seen_mIoU_seen_names_only": 57.0,
+            }
         (tmp_path / f"{run.name}.json").write_text(json.dumps(record))
     summary = compare.aggregate(the_plan, tmp_path, compare.Budget())
     rows = {row["method"]: row for row in summary["heldout"]}
@@ -235,5 +244,5 @@ def test_heldout_rows_sit_beside_the_same_classes_trained_and_pair_bridge_with_l
     assert paired["unseen_mIoU"]["differences"] == [2.0, 2.0, 2.0]
     assert paired["harmonic_mIoU"]["mean"] == 1.0 and paired["seen_mIoU"]["mean"] == 0.0
     markdown = compare.to_markdown(summary)
-    assert "| bridge | 55.00 ± 0.00 (n=3) | 5.00 ± 2.00 (n=3) |" in markdown
+    assert "| bridge | 55.00 ± 0.00 (n=3) | 5.00 ± 2.00 (n=3) | 2.50 ± 1.00 (n=3) | 57.00 ± 0.00 (n=3) |" in markdown
     assert "- bridge - lseg, unseen_mIoU: per seed +2.00, +2.00, +2.00, mean +2.00" in markdown
