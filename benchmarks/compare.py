@@ -643,11 +643,18 @@ def _per_class_differences(bridge: list[dict], other: list[dict]) -> list[dict[s
     return rows
 
 
+def _shown_path(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it (as the committed tables show it), else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
     """Every table of the comparison, from the finished runs of the plan."""
     runs = the_plan.ordered_runs()
     records = load_records(runs, raw_dir)
     summary: dict[str, Any] = {
+        "records": _shown_path(raw_dir),
         "budget": budget.to_dict(),
         "planned_runs": len(runs),
         "finished_runs": len(records),
@@ -1058,7 +1065,7 @@ def to_markdown(summary: dict[str, Any], curve_name: str = "compare_curve.png") 
             f"| {record['run']} | {record['seed']} | {record['mIoU']:.2f} | {record['wall_time_s']:.0f} | "
             f"{record['finished']} |"
         )
-    lines += ["", "Per-run records: `benchmarks/results/compare.raw/<run>.json`.", ""]
+    lines += ["", f"Per-run records: `{summary['records']}/<run>.json`.", ""]
     return "\n".join(lines)
 
 

@@ -158,6 +158,7 @@ def test_aggregate_only_writes_where_out_says(compare, tmp_path: Path) -> None:
     assert summary["complete"] and len(summary["curve"]) == 4
     markdown = out.with_suffix(".md").read_text()
     assert "![learning curve](study_1200_curve.png)" in markdown
+    assert f"Per-run records: `{raw.resolve()}/<run>.json`." in markdown  # where they are, not the default
     assert Image.open(tmp_path / "results" / "study_1200_curve.png").size[0] > 100
 
 
