@@ -93,22 +93,26 @@ NUM_SUBSETS = 5
 # Ablation: variant -> (method, options that differ from the default model). The default is the decision run of
 # the same seed on `mosaic`.
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    # The three fixes of issue 11 (identity start, kept C5, pixel projection before the cosine): all off, one off.
     "legacy": ("bridge", {"identity_start": False, "keep_c5": False, "pixel_projection": False}),
     "no_identity_start": ("bridge", {"identity_start": False}),
     "c5_replaced": ("bridge", {"keep_c5": False}),
     "no_pixel_projection": ("bridge", {"pixel_projection": False}),
-    "blocks_1": ("bridge", {"fusion_blocks": 1}),
+    "lseg_no_pixel_projection": ("lseg", {"pixel_projection": False}),
+    # Four fusion blocks collapsed before the identity start; with and without it.
     "blocks_4": ("bridge", {"fusion_blocks": 4}),
+    "blocks_4_no_identity_start": ("bridge", {"fusion_blocks": 4, "identity_start": False}),
+    # Which direction of the bridge buys what (the paraphrase edge over LSeg in particular).
     "bridge_none": ("bridge", {"bridge": "none"}),
     "bridge_v2t": ("bridge", {"bridge": "v2t"}),
     "bridge_t2v": ("bridge", {"bridge": "t2v"}),
+    "blocks_1": ("bridge", {"fusion_blocks": 1}),
     "no_cnn_branch": ("bridge", {"cnn_branch": False}),
     "concat_score_map": ("bridge", {"concat_score_map": True}),
     "two_levels": ("bridge", {"fusion_levels": 2}),
     "slim_full_projection": ("bridge", {"fusion_dim": 128, "full_projection": True}),
     "aux_0": ("bridge", {"aux_weight": 0.0}),
     "aux_1": ("bridge", {"aux_weight": 1.0}),
-    "lseg_no_pixel_projection": ("lseg", {"pixel_projection": False}),
     # A speed option, not a fusion switch: its mIoU cost, so users can choose.
     "decoder_stride_8": ("bridge", {"decoder_stride": 8}),
 }
