@@ -44,6 +44,7 @@ import platform
 import shutil
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -436,6 +437,7 @@ def _execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
     timer = StepTimer()
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    check_complete(cli.trainer, budget.iterations)
     results = cli.model.last_val_results
     train_wall = time.perf_counter() - started
     model = cli.model.model
@@ -511,6 +513,28 @@ def _worker_init(threads: int) -> None:
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING)
+    _exit_when_orphaned(os.getppid())
+
+
+def _exit_when_orphaned(parent: int, poll_s: float = 1.0) -> None:
+    """Exit this worker as soon as `parent` (the comparison) is gone, however it was stopped.
+
+    Lightning catches SIGTERM in the worker and trains on, so a killed comparison would leave its workers running
+    unseen, sharing the cores with the next comparison and writing records of a plan that was stopped.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-when-orphaned", daemon=True).start()
+
+
+def check_complete(trainer: Any, iterations: int) -> None:
+    """Refuse to record a run that stopped early: Lightning ends `fit` quietly on Ctrl-C (`trainer.interrupted`)."""
+    if trainer.interrupted or trainer.global_step != iterations:
+        raise RuntimeError(f"training stopped at step {trainer.global_step} of {iterations}; no record written")
 
 
 def _records_vocabulary(run: Run) -> bool:

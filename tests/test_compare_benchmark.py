@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -247,3 +249,21 @@ def test_heldout_rows_sit_beside_the_same_classes_trained_and_pair_bridge_with_l
     markdown = compare.to_markdown(summary)
     assert "| bridge | 55.00 ± 0.00 (n=3) | 5.00 ± 2.00 (n=3) | 2.50 ± 1.00 (n=3) | 57.00 ± 0.00 (n=3) |" in markdown
     assert "- bridge - lseg, unseen_mIoU: per seed +2.00, +2.00, +2.00, mean +2.00" in markdown
+
+
+def test_a_worker_exits_when_the_comparison_is_gone(compare) -> None:
+    # Its parent is not the pid it was told: as after the comparison was killed. It must not sleep on.
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import compare; "
+        "compare._exit_when_orphaned(parent=-1, poll_s=0.05); time.sleep(60)"
+    )
+    finished = subprocess.run([sys.executable, "-c", code], timeout=50, capture_output=True)
+    assert (finished.returncode, finished.stderr.decode()[-2000:]) == (1, "")  # exited, and not by a traceback
+
+
+def test_a_run_stopped_early_is_not_recorded(compare) -> None:
+    compare.check_complete(SimpleNamespace(interrupted=False, global_step=600), 600)
+    with pytest.raises(RuntimeError, match="step 120 of 600"):
+        compare.check_complete(SimpleNamespace(interrupted=False, global_step=120), 600)
+    with pytest.raises(RuntimeError, match="no record"):
+        compare.check_complete(SimpleNamespace(interrupted=True, global_step=600), 600)
