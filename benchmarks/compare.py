@@ -881,6 +881,19 @@ def plot_curve(summary: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _paired_cells(row: dict[str, Any]) -> tuple[str, str, str]:
+    """A `paired_difference` row as text: the per-seed differences, the mean and the 95 % interval."""
+    per_seed = ", ".join(f"{d:+.2f}" for d in row["differences"])
+    mean = f"{row['mean']:+.2f}" if row["mean"] is not None else "–"
+    ci = f"[{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]" if row.get("ci95") else "–"
+    return per_seed, mean, ci
+
+
+def _paired_sentence(row: dict[str, Any]) -> str:
+    per_seed, mean, ci = _paired_cells(row)
+    return f"per seed {per_seed}, mean {mean}, 95 % CI {ci}, paired t p {_p(row.get('t_p'))}."
+
+
 def _per_class_markdown(rows: list[dict[str, Any]]) -> list[str]:
     """One table per dataset: classes down, `bridge - X` (mean IoU difference, paired t p) across."""
     lines: list[str] = []
@@ -955,9 +968,7 @@ def to_markdown(summary: dict[str, Any], curve_name: str = "compare_curve.png") 
         "|---|---|---|---|---:|---|---:|---:|",
     ]
     for row in summary["paired"]:
-        ci = f"[{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]" if row.get("ci95") else "–"
-        per_seed = ", ".join(f"{d:+.2f}" for d in row["differences"])
-        mean = f"{row['mean']:+.2f}" if row["mean"] is not None else "–"
+        per_seed, mean, ci = _paired_cells(row)
         lines.append(
             f"| {row['dataset']} | {row['comparison']} | {len(row['seeds'])} | {per_seed} | {mean} | {ci} | "
             f"{_p(row.get('t_p'))} | {_p(row.get('wilcoxon_p'))} |"
@@ -1005,12 +1016,7 @@ def to_markdown(summary: dict[str, Any], curve_name: str = "compare_curve.png") 
                 f"| {_cell(kept) if kept else '–'} | {_cell(row['mIoU_subset_mean'])} |"
             )
         for row in summary["vocabulary_paired"]:
-            ci = f"[{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]" if row.get("ci95") else "–"
-            lines.append(
-                f"\nPaired, {row['dataset']}, {row['comparison']}: per seed "
-                f"{', '.join(f'{d:+.2f}' for d in row['differences'])}, mean {row['mean']:+.2f}, 95 % CI {ci}, "
-                f"paired t p {_p(row.get('t_p'))}."
-            )
+            lines.append(f"\nPaired, {row['dataset']}, {row['comparison']}: {_paired_sentence(row)}")
         lines.append("")
     if summary["heldout"]:
         lines += [
@@ -1034,13 +1040,7 @@ def to_markdown(summary: dict[str, Any], curve_name: str = "compare_curve.png") 
             )
         lines.append("")
         for row in summary["heldout_paired"]:
-            ci = f"[{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]" if row.get("ci95") else "–"
-            mean = f"{row['mean']:+.2f}" if row["mean"] is not None else "–"
-            lines.append(
-                f"- {row['comparison']}, {row['metric']}: per seed "
-                f"{', '.join(f'{d:+.2f}' for d in row['differences'])}, mean {mean}, 95 % CI {ci}, "
-                f"paired t p {_p(row.get('t_p'))}."
-            )
+            lines.append(f"- {row['comparison']}, {row['metric']}: {_paired_sentence(row)}")
         if summary["heldout_paired"]:
             lines.append("")
     if summary["ablation"]:
