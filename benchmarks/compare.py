@@ -117,6 +117,9 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     # A speed option, not a fusion switch: its mIoU cost, so users can choose.
     "decoder_stride_8": ("bridge", {"decoder_stride": 8}),
 }
+# Variants that answer their question against another variant rather than the default (same seeds): the identity
+# start's effect at four blocks is `blocks_4_no_identity_start - blocks_4`.
+ABLATION_REFERENCES = {"blocks_4_no_identity_start": "blocks_4"}
 STUDIES = ("decision", "curve", "heldout", "ablation", "scratch")
 
 
@@ -700,6 +703,7 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
         "ablation": [],
         "vocabulary": [],
         "vocabulary_paired": [],
+        "ablation_paired": [],
         "heldout": [],
         "heldout_paired": [],
         "scratch": [],
@@ -782,7 +786,8 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
             | _summary(list(default.values()))
             | {"paraphrased_runs": [round(v, 2) for v in paraphrased(list(default.values())).values()]}
         )
-    for variant, items in group(done("ablation"), lambda run: run.variant).items():
+    by_variant = group(done("ablation"), lambda run: run.variant)
+    for variant, items in by_variant.items():
         method, options = ABLATIONS[variant]
         reference = default_lseg if method == "lseg" else default
         seeds = sorted(set(reference) & {r["seed"] for r in items})
@@ -800,6 +805,13 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
             | {"vs_default": diff, "paraphrased_runs": [round(v, 2) for v in mine_renamed.values()]}
             | {"paraphrased_vs_default": renamed}
         )
+    for variant, other in ABLATION_REFERENCES.items():
+        if variant in by_variant and other in by_variant:
+            mine = {r["seed"]: r["mIoU"] for r in by_variant[variant]}
+            theirs = {r["seed"]: r["mIoU"] for r in by_variant[other]}
+            seeds = sorted(set(mine) & set(theirs))
+            diff = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
+            summary["ablation_paired"].append({"comparison": f"{variant} - {other}", "seeds": seeds} | diff)
 
     # Held-out classes: next to each method, what the same seeds score on the same classes when trained on all of
     # them (its decision runs on the mosaic the held-out copy derives from), and bridge - lseg seed by seed.
@@ -1069,6 +1081,10 @@ def to_markdown(summary: dict[str, Any], curve_name: str = "compare_curve.png") 
                 f"{row['GFLOPs']:.3f} |"
             )
         lines.append("")
+        for row in summary["ablation_paired"]:
+            lines.append(f"- {row['comparison']}, mIoU: {_paired_sentence(row)}")
+        if summary["ablation_paired"]:
+            lines.append("")
     if summary["scratch"]:
         lines += [
             "## Backbones from scratch (not informative while `fpn` is below 25 mIoU)",

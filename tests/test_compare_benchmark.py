@@ -219,6 +219,22 @@ def test_the_ablation_table_pairs_paraphrased_mIoU_with_the_default(compare, tmp
     assert "| bridge_none | bridge | bridge=none | 51.00 ± 1.00 (n=3) | +1.00 (n=3) |" in compare.to_markdown(summary)
 
 
+def test_an_ablation_row_with_its_own_reference_is_paired_with_it(compare, tmp_path: Path) -> None:
+    argv = ["--studies", "decision", "ablation", "--datasets", "mosaic", "--seeds", "0", "1", "2"]
+    the_plan = compare.plan(_args(compare, *argv, "--variants", "blocks_4", "blocks_4_no_identity_start"))
+    offsets = {"blocks_4": 1.0, "blocks_4_no_identity_start": -2.0}
+    for run in the_plan.ordered_runs():
+        miou = 50.0 + offsets.get(run.variant, 0.0) + (0.5 * run.seed if run.variant == "blocks_4" else 0.0)
+        (tmp_path / f"{run.name}.json").write_text(json.dumps(_record(run, miou)))
+    summary = compare.aggregate(the_plan, tmp_path, compare.Budget())
+    (paired,) = summary["ablation_paired"]
+    assert paired["comparison"] == "blocks_4_no_identity_start - blocks_4"
+    assert paired["differences"] == [-3.0, -3.5, -4.0]
+    assert "- blocks_4_no_identity_start - blocks_4, mIoU: per seed -3.00, -3.50, -4.00, mean -3.50" in (
+        compare.to_markdown(summary)
+    )
+
+
 def test_heldout_rows_sit_beside_the_same_classes_trained_and_pair_bridge_with_lseg(compare, tmp_path: Path) -> None:
     argv = ["--studies", "decision", "heldout", "--datasets", "mosaic", "--seeds", "0", "1", "2"]
     the_plan = compare.plan(_args(compare, *argv, "--heldout-seeds", "0", "1", "2"))
