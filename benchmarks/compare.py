@@ -121,6 +121,10 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 # start's effect at four blocks is `blocks_4_no_identity_start - blocks_4`.
 ABLATION_REFERENCES = {"blocks_4_no_identity_start": "blocks_4"}
 STUDIES = ("decision", "curve", "heldout", "ablation", "scratch")
+# The model every run starts from, under a variant's own options: the library's defaults as they were when this
+# comparison ran, pinned so that a later change of a library default does not change what a committed record means.
+# The ablation then took the pixel projection out of the library's defaults (the `no_pixel_projection` rows).
+BENCHMARK_MODEL: dict[str, Any] = {"pixel_projection": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +323,7 @@ def _cli_arguments(run: Run, data_dir: Path, run_dir: Path) -> list[str]:
         "--trainer.enable_progress_bar": "false",
         "--trainer.enable_model_summary": "false",
     }
-    for key, value in run.options:
+    for key, value in (BENCHMARK_MODEL | dict(run.options)).items():
         overrides[f"--model.net.{key}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return [item for pair in overrides.items() for item in pair]
 
@@ -635,12 +639,10 @@ def _p(value: float | None) -> str:
 
 
 def load_records(runs: list[Run], raw_dir: Path) -> dict[str, dict]:
-    records = {}
-    for run in runs:
-        path = raw_dir / f"{run.name}.json"
-        if path.is_file():
-            records[run.name] = json.loads(path.read_text())
-    return records
+    """The records of the plan's finished runs; a record the next run would redo (`is_finished`) is left out."""
+    return {
+        run.name: json.loads((raw_dir / f"{run.name}.json").read_text()) for run in runs if is_finished(run, raw_dir)
+    }
 
 
 def _summary(items: list[dict]) -> dict[str, Any]:

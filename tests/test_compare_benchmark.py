@@ -205,6 +205,37 @@ def test_a_record_without_what_this_version_records_is_redone(compare, tmp_path:
     assert compare.is_finished(heldout, tmp_path)  # held-out runs record the generalised zero-shot metrics instead
 
 
+def test_the_tables_leave_out_a_record_the_next_run_redoes(compare, tmp_path: Path) -> None:
+    the_plan = compare.plan(
+        _args(compare, "--studies", "ablation", "--variants", "legacy", "--ablation-seeds", "0", "1")
+    )
+    first, second = the_plan.studies["ablation"]
+    stale = _record(first, 50.0)
+    del stale["vocabulary"]
+    (tmp_path / f"{first.name}.json").write_text(json.dumps(stale))
+    (tmp_path / f"{second.name}.json").write_text(json.dumps(_record(second, 51.0)))
+    assert list(compare.load_records(the_plan.ordered_runs(), tmp_path)) == [second.name]
+    summary = compare.aggregate(the_plan, tmp_path, compare.Budget())
+    assert (summary["finished_runs"], summary["planned_runs"]) == (1, 2)
+
+
+def test_every_run_starts_from_the_pinned_model_under_its_own_options(compare, tmp_path: Path) -> None:
+    argv = ["--studies", "decision", "ablation", "--datasets", "mosaic", "--seeds", "0"]
+    the_plan = compare.plan(_args(compare, *argv, "--variants", "no_pixel_projection"))
+    by_variant = {run.variant: run for run in the_plan.ordered_runs() if run.method == "bridge"}
+
+    def options(run) -> dict[str, str]:
+        arguments = compare._cli_arguments(run, tmp_path, tmp_path)
+        pairs = dict(zip(arguments[::2], arguments[1::2], strict=True))
+        return {
+            key.removeprefix("--model.net."): value for key, value in pairs.items() if key.startswith("--model.net.")
+        }
+
+    # The records mean the model as it was run, whatever the library's default is now.
+    assert options(by_variant["default"])["pixel_projection"] == "true"
+    assert options(by_variant["no_pixel_projection"])["pixel_projection"] == "false"
+
+
 def test_the_ablation_table_pairs_paraphrased_mIoU_with_the_default(compare, tmp_path: Path) -> None:
     argv = ["--studies", "decision", "ablation", "--datasets", "mosaic", "--seeds", "0", "1", "2"]
     the_plan = compare.plan(_args(compare, *argv, "--variants", "bridge_none"))
@@ -244,6 +275,7 @@ def test_heldout_rows_sit_beside_the_same_classes_trained_and_pair_bridge_with_l
         if run.dataset == compare.HELDOUT_DATASET:
             unseen = 2.0 * run.seed + (3.0 if run.method == "bridge" else 1.0)
             record["heldout"] = {
+                "protocol": "seen names only",
                 "seen_mIoU": 55.0,
                 "unseen_mIoU": unseen,
                 "harmonic_mIoU": unseen / 2,
