@@ -9,8 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from bridgeseg.errors import DatasetError, UserError
-from bridgeseg.onnx import OnnxBackend, export_onnx, read_metadata
+from bridgeseg.errors import CheckpointError, DatasetError, UserError
+from bridgeseg.onnx import (
+    INT8_PROBE_TOLERANCE,
+    PROBE_KEY,
+    OnnxBackend,
+    encode_probe,
+    export_onnx,
+    probe_tolerance,
+    read_metadata,
+)
 from bridgeseg.predictor import Predictor
 from bridgeseg.quantization import calibration_images, load_calibration_image, quantize_onnx
 from tests.test_export import CLASSES, _args, _tiny
@@ -235,7 +243,24 @@ def test_the_recorded_probe_holds_on_the_unfused_reference_path(quantized: dict)
     session = ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
     feed = {"images": np.zeros((1, 3, 32, 32), np.float32), "text_embeddings": metadata["class_embeddings"]}
     probe = session.run(["logits"], feed)[0].mean(axis=(0, 2, 3))
-    np.testing.assert_allclose(probe, metadata["probe_logits"], rtol=1e-3, atol=1e-3)
+    tolerance = probe_tolerance(metadata)
+    assert tolerance == INT8_PROBE_TOLERANCE
+    np.testing.assert_allclose(probe, metadata["probe_logits"], rtol=tolerance, atol=tolerance)
+
+
+def test_int8_metadata_copied_from_another_model_is_still_refused(quantized: dict, tmp_path: Path) -> None:
+    import onnx
+
+    int8 = quantized[True][1]
+    graph = onnx.load(str(int8))
+    recorded = read_metadata(int8)["probe_logits"]
+    for prop in graph.metadata_props:
+        if prop.key == PROBE_KEY:
+            prop.value = encode_probe(recorded + 1.0)  # another model's logits: a whole logit away
+    copied = tmp_path / "copied.onnx"
+    onnx.save(graph, str(copied))
+    with pytest.raises(CheckpointError, match="the metadata was copied from another model"):
+        OnnxBackend(copied)
 
 
 def test_the_coarse_form_quantises_and_gives_fast_labels(trained, calibration: Path, tmp_path: Path) -> None:
