@@ -20,14 +20,21 @@ Predict = Callable[[Tensor, tuple[int, int]], Tensor]
 """Labels [1, H, W] of an image [1, 3, h, w] at the output size (H, W)."""
 
 
+def val_samples(data: Path) -> list[tuple[Tensor, Tensor]]:
+    """The val split of the folder dataset `data` as validation reads it: (image [1, 3, H, W], mask [1, H, W]) pairs
+    from `SegmentationDataModule`'s val loader (evaluation transforms, batch of one, each image at its own size)."""
+    datamodule = SegmentationDataModule(dataset="folder", root=str(data), num_workers=0)
+    return [(batch["image"], batch["mask"]) for batch in datamodule.val_dataloader()]
+
+
 @torch.inference_mode()
 def evaluate(
     predictors: dict[str, Predict], data: Path, num_classes: int, reference: str
 ) -> tuple[dict[str, dict[str, Any]], int]:
     """Each predictor's mIoU, mAcc and aAcc on the val split of the folder dataset `data`.
 
-    The images come as validation gives them (`SegmentationDataModule`'s val loader: evaluation transforms, batch
-    of one, each image at its own size) and are scored with `SegmentationMetric` (mmseg's mIoU).
+    The images come as validation gives them (`val_samples`) and are scored with `SegmentationMetric` (mmseg's
+    mIoU).
 
     Args:
         predictors: Name -> predict function; evaluated in this order, `reference` first.
@@ -40,8 +47,7 @@ def evaluate(
         `mAcc`, `aAcc`, `labels_equal_to_reference` (the share of the evaluated pixels, ignored ones excluded,
         whose label equals the reference's) and `seconds`.
     """
-    datamodule = SegmentationDataModule(dataset="folder", root=str(data), num_workers=0)
-    samples = [(batch["image"], batch["mask"]) for batch in datamodule.val_dataloader()]
+    samples = val_samples(data)
     order = [reference, *(name for name in predictors if name != reference)]
     reference_labels: list[Tensor] = []
     results: dict[str, dict[str, Any]] = {}

@@ -328,18 +328,11 @@ def _cli_arguments(run: Run, data_dir: Path, run_dir: Path) -> list[str]:
     return [item for pair in overrides.items() for item in pair]
 
 
-def _val_samples(data_dir: Path) -> list[tuple[Any, Any]]:
-    """The val split's (image, mask) tensors, as validation reads them."""
-    from bridgeseg.images import load_image, load_mask
-
-    images = sorted((data_dir / "images" / "val").glob("*.png"))
-    return [(load_image(path), load_mask(data_dir / "masks" / "val" / path.name)) for path in images]
-
-
 def _val_iou(
     model: Any, samples: list[tuple[Any, Any]], num_classes: int, names: list[str] | None, keep: list[int] | None = None
 ) -> Any:
-    """Per-class IoU (percent, NaN where a class is neither labelled nor predicted) of `model` on `samples`.
+    """Per-class IoU (percent, NaN where a class is neither labelled nor predicted) of `model` on `samples`
+    (`_evaluation.val_samples`).
 
     `names`: the vocabulary a language model predicts with (None: its training names). `keep`: a class subset;
     other pixels are ignored and the prediction is the arg-max over the subset (its names for a language model,
@@ -354,13 +347,13 @@ def _val_iou(
         if keep is not None:
             mask = torch.where(torch.isin(mask, torch.tensor(keep)), mask, torch.full_like(mask, 255))
         if keep is not None and model.open_vocabulary:
-            labels = torch.tensor(keep)[model.predict(image, classes=names)[0]]
+            labels = torch.tensor(keep)[model.predict(image, classes=names)]
         elif keep is not None:
-            logits = model(image.unsqueeze(0))[0]  # [K, H, W]
-            labels = torch.tensor(keep)[logits[keep].argmax(0)]
+            logits = model(image)  # [1, K, H, W]
+            labels = torch.tensor(keep)[logits[:, keep].argmax(1)]
         else:
-            labels = model.predict(image, classes=names)[0]
-        metric.update(labels.unsqueeze(0), mask.unsqueeze(0))
+            labels = model.predict(image, classes=names)
+        metric.update(labels, mask)
     return metric.compute()["IoU"].numpy()
 
 
@@ -375,8 +368,9 @@ def _vocabulary_metrics(
     """
     import numpy as np
     import torch
+    from _evaluation import val_samples
 
-    samples = _val_samples(data_dir)
+    samples = val_samples(data_dir)
     num_classes = len(train_classes)
     language = model.open_vocabulary
 
@@ -412,6 +406,7 @@ def _execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
     """Train and evaluate one run in this process; write and return its record."""
     import lightning.pytorch as pl
     import torch
+    from _evaluation import val_samples
 
     from bridgeseg.engine.cli import run_lightning_cli
     from bridgeseg.io import write_atomically
@@ -469,7 +464,7 @@ def _execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
         # Trained on the seen names only; evaluated on the complete mosaic's val with every name.
         all_classes = dataset_classes(data_root / "mosaic")
         with torch.inference_mode():
-            iou = _val_iou(model.eval(), _val_samples(data_root / "mosaic"), len(all_classes), all_classes)
+            iou = _val_iou(model.eval(), val_samples(data_root / "mosaic"), len(all_classes), all_classes)
         per_class = [None if math.isnan(v) else float(v) for v in iou.tolist()]
         seen_miou, unseen_miou = seen_unseen_miou(all_classes, per_class)
         harmonic = 2 * seen_miou * unseen_miou / (seen_miou + unseen_miou) if seen_miou + unseen_miou > 0 else 0.0

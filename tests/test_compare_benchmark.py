@@ -315,3 +315,25 @@ def test_a_run_stopped_early_is_not_recorded(compare) -> None:
         compare.check_complete(SimpleNamespace(interrupted=False, global_step=120), 600)
     with pytest.raises(RuntimeError, match="no record"):
         compare.check_complete(SimpleNamespace(interrupted=True, global_step=600), 600)
+
+
+@pytest.mark.parametrize("method", ["bridge", "fpn"])
+def test_vocabulary_metrics_read_val_as_the_other_benchmarks_do(compare, method: str, tmp_path: Path) -> None:
+    import torch
+    from _evaluation import evaluate
+
+    from bridgeseg.data.mosaic import generate_mosaic
+    from bridgeseg.models import create_model
+
+    data = generate_mosaic(tmp_path / "mosaic", num_train=1, num_val=3, size=48, seed=1)
+    classes = compare.dataset_classes(data)
+    torch.manual_seed(0)
+    options = {"backbone": "test_resnet", "fusion_dim": 32, "decoder_channels": 16, "classes": classes}
+    model = create_model(method, text_encoder="minilm", **options).eval()
+    paraphrases = json.loads(compare.PARAPHRASES.read_text())
+    metrics = compare._vocabulary_metrics(model, data, classes, paraphrases)
+    results, images = evaluate({"model": lambda image, size: model.predict(image)}, data, len(classes), "model")
+    assert images == 3
+    assert metrics["mIoU_train_names"] == pytest.approx(results["model"]["mIoU"])
+    assert ("mIoU_paraphrased" in metrics) == (method == "bridge")  # closed-set models have no vocabulary
+    assert len(metrics["mIoU_subsets"]) == compare.NUM_SUBSETS
