@@ -230,11 +230,11 @@ def test_keep_c5_feeds_the_untouched_c5_to_the_decoder(class_embeddings: torch.T
 
 @pytest.mark.parametrize("method", ["bridge", "lseg"])
 def test_pixel_projection_lets_pixel_embeddings_leave_the_positive_orthant(method: str, class_embeddings) -> None:
-    model = tiny(method, class_embeddings=class_embeddings)
+    model = tiny(method, class_embeddings=class_embeddings, pixel_projection=True)
     assert model.head.pixel_proj is not None
     post_relu = torch.rand(1, 16, 4, 4)  # what the decoder emits
     assert (model.head.pixel_proj(post_relu) < 0).any()
-    assert tiny(method, class_embeddings=class_embeddings, pixel_projection=False).head.pixel_proj is None
+    assert tiny(method, class_embeddings=class_embeddings).head.pixel_proj is None  # off by default: it did not pay
 
 
 def test_models_saved_before_the_new_switches_rebuild_as_they_were(class_embeddings: torch.Tensor) -> None:
@@ -247,6 +247,9 @@ def test_models_saved_before_the_new_switches_rebuild_as_they_were(class_embeddi
         rebuilt.load_state_dict(old.state_dict(), strict=True)
         # A config from the new code keeps its own values.
         assert ModelConfig.from_saved_dict(tiny(method, class_embeddings=class_embeddings).config.to_dict()).keep_c5
+        # A model saved while the pixel projection was on by default keeps it.
+        projected = tiny(method, class_embeddings=class_embeddings, pixel_projection=True)
+        assert ModelConfig.from_saved_dict(projected.config.to_dict()).pixel_projection
 
 
 @pytest.mark.parametrize("method", ["bridge", "denseclip", "lseg", "fpn"])
