@@ -775,7 +775,10 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
     default, default_lseg = references["bridge"], references["lseg"]
 
     def paraphrased(records: list[dict]) -> dict[int, float]:
-        return {r["seed"]: r["vocabulary"]["mIoU_paraphrased"] for r in records if "vocabulary" in r}
+        """Seed -> mIoU with renamed classes; closed-set variants (`concat_score_map`) have none."""
+        return {
+            r["seed"]: r["vocabulary"]["mIoU_paraphrased"] for r in records if "mIoU_paraphrased" in r["vocabulary"]
+        }
 
     if default:
         summary["ablation"].append(

@@ -337,3 +337,17 @@ def test_vocabulary_metrics_read_val_as_the_other_benchmarks_do(compare, method:
     assert metrics["mIoU_train_names"] == pytest.approx(results["model"]["mIoU"])
     assert ("mIoU_paraphrased" in metrics) == (method == "bridge")  # closed-set models have no vocabulary
     assert len(metrics["mIoU_subsets"]) == compare.NUM_SUBSETS
+
+
+def test_a_closed_set_variant_has_no_paraphrased_column(compare, tmp_path: Path) -> None:
+    argv = ["--studies", "decision", "ablation", "--datasets", "mosaic", "--seeds", "0", "1", "2"]
+    the_plan = compare.plan(_args(compare, *argv, "--variants", "concat_score_map"))
+    for run in the_plan.ordered_runs():
+        record = _record(run, 50.0 + run.seed)
+        if run.variant == "concat_score_map":  # a fixed score map: no renaming at test time
+            del record["vocabulary"]["mIoU_paraphrased"]
+        (tmp_path / f"{run.name}.json").write_text(json.dumps(record))
+    summary = compare.aggregate(the_plan, tmp_path, compare.Budget())
+    row = {row["variant"]: row for row in summary["ablation"]}["concat_score_map"]
+    assert row["vs_default"]["mean"] == 0.0 and row["paraphrased_runs"] == []
+    assert "| concat_score_map | bridge | concat_score_map=True |" in compare.to_markdown(summary)
