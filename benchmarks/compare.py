@@ -544,16 +544,23 @@ def _records_vocabulary(run: Run) -> bool:
     return run.backbone == DECISION_BACKBONE[0] and run.dataset != HELDOUT_DATASET
 
 
-def is_finished(run: Run, raw_dir: Path) -> bool:
-    """The run's record exists and holds what this version records: older ablation records lack the vocabulary,
-    older held-out records come from training with the unseen names in the vocabulary."""
+def _finished_record(run: Run, raw_dir: Path) -> dict | None:
+    """The run's record if it exists and holds what this version records (older ablation records lack the
+    vocabulary, older held-out records come from training with the unseen names in the vocabulary), else None."""
     path = raw_dir / f"{run.name}.json"
     if not path.is_file():
-        return False
+        return None
     record = json.loads(path.read_text())
     if run.dataset == HELDOUT_DATASET:
-        return record.get("heldout", {}).get("protocol") == "seen names only"
-    return not _records_vocabulary(run) or "vocabulary" in record
+        current = record.get("heldout", {}).get("protocol") == "seen names only"
+    else:
+        current = not _records_vocabulary(run) or "vocabulary" in record
+    return record if current else None
+
+
+def is_finished(run: Run, raw_dir: Path) -> bool:
+    """Whether the run has a record this version would not redo (`_finished_record`)."""
+    return _finished_record(run, raw_dir) is not None
 
 
 def run_all(runs: list[Run], data_root: Path, raw_dir: Path, workers: int) -> None:
@@ -615,6 +622,12 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def _paired_by_seed(a: dict[int, float], b: dict[int, float]) -> tuple[list[int], dict[str, Any]]:
+    """`paired_difference` of two seed -> value maps over the seeds they share, and those seeds."""
+    seeds = sorted(set(a) & set(b))
+    return seeds, paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -635,9 +648,8 @@ def _p(value: float | None) -> str:
 
 def load_records(runs: list[Run], raw_dir: Path) -> dict[str, dict]:
     """The records of the plan's finished runs; a record the next run would redo (`is_finished`) is left out."""
-    return {
-        run.name: json.loads((raw_dir / f"{run.name}.json").read_text()) for run in runs if is_finished(run, raw_dir)
-    }
+    records = {run.name: _finished_record(run, raw_dir) for run in runs}
+    return {name: record for name, record in records.items() if record is not None}
 
 
 def _summary(items: list[dict]) -> dict[str, Any]:
@@ -754,9 +766,8 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
             }
             for m in LANGUAGE_METHODS
         }
-        seeds = sorted(set(paraphrased["bridge"]) & set(paraphrased["lseg"]))
+        seeds, diff = _paired_by_seed(paraphrased["bridge"], paraphrased["lseg"])
         if seeds:
-            diff = paired_difference([paraphrased["bridge"][s] for s in seeds], [paraphrased["lseg"][s] for s in seeds])
             summary["vocabulary_paired"].append(
                 {"dataset": dataset, "comparison": "bridge - lseg, paraphrased names", "seeds": seeds} | diff
             )
@@ -790,15 +801,10 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
     for variant, items in by_variant.items():
         method, options = ABLATIONS[variant]
         reference = default_lseg if method == "lseg" else default
-        seeds = sorted(set(reference) & {r["seed"] for r in items})
-        mine = {r["seed"]: r["mIoU"] for r in items}
-        diff = paired_difference([mine[s] for s in seeds], [reference[s]["mIoU"] for s in seeds])
+        _, diff = _paired_by_seed({r["seed"]: r["mIoU"] for r in items}, {s: r["mIoU"] for s, r in reference.items()})
         # Renamed classes: what the switch does to the language path's one edge (see the vocabulary table).
-        mine_renamed, reference_renamed = paraphrased(items), paraphrased(list(reference.values()))
-        renamed_seeds = sorted(set(mine_renamed) & set(reference_renamed))
-        renamed = paired_difference(
-            [mine_renamed[s] for s in renamed_seeds], [reference_renamed[s] for s in renamed_seeds]
-        )
+        mine_renamed = paraphrased(items)
+        _, renamed = _paired_by_seed(mine_renamed, paraphrased(list(reference.values())))
         summary["ablation"].append(
             {"variant": variant, "method": method, "options": options}
             | _summary(items)
@@ -807,10 +813,9 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
         )
     for variant, other in ABLATION_REFERENCES.items():
         if variant in by_variant and other in by_variant:
-            mine = {r["seed"]: r["mIoU"] for r in by_variant[variant]}
-            theirs = {r["seed"]: r["mIoU"] for r in by_variant[other]}
-            seeds = sorted(set(mine) & set(theirs))
-            diff = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
+            seeds, diff = _paired_by_seed(
+                {r["seed"]: r["mIoU"] for r in by_variant[variant]}, {r["seed"]: r["mIoU"] for r in by_variant[other]}
+            )
             summary["ablation_paired"].append({"comparison": f"{variant} - {other}", "seeds": seeds} | diff)
 
     # Held-out classes: next to each method, what the same seeds score on the same classes when trained on all of
@@ -834,10 +839,10 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
         }
         summary["heldout"].append(row)
     if {"bridge", "lseg"} <= set(heldout_by_seed):
-        seeds = sorted(set(heldout_by_seed["bridge"]) & set(heldout_by_seed["lseg"]))
         for key in ("unseen_mIoU", "harmonic_mIoU", "seen_mIoU"):
-            diff = paired_difference(
-                [heldout_by_seed["bridge"][s][key] for s in seeds], [heldout_by_seed["lseg"][s][key] for s in seeds]
+            seeds, diff = _paired_by_seed(
+                {s: h[key] for s, h in heldout_by_seed["bridge"].items()},
+                {s: h[key] for s, h in heldout_by_seed["lseg"].items()},
             )
             summary["heldout_paired"].append({"comparison": "bridge - lseg", "metric": key, "seeds": seeds} | diff)
 
