@@ -128,6 +128,7 @@ def test_segment_uploaded_png(client: TestClient) -> None:
     assert sum(area["fraction"] for area in result["areas"]) == pytest.approx(1.0)
     assert all(area["color"].startswith("#") and len(area["color"]) == 7 for area in result["areas"])
     assert result["latency_ms"] >= 0 and result["total_ms"] >= result["latency_ms"]
+    assert (result["runtime"], result["precision"]) == ("torch", "fp32")  # fp32 unless asked, on every CPU
     prefix = "data:image/png;base64,"
     assert result["overlay"].startswith(prefix)
     overlay = Image.open(io.BytesIO(base64.b64decode(result["overlay"][len(prefix) :])))
@@ -266,7 +267,8 @@ class SlowPredictor:
 
     def __init__(self, predictor: Predictor) -> None:
         self.method, self.classes, self.open_vocabulary = predictor.method, predictor.classes, predictor.open_vocabulary
-        self.size_multiple = predictor.size_multiple
+        self.size_multiple, self.runtime = predictor.size_multiple, predictor.runtime
+        self.precision = predictor.precision
         self._predict = predictor.predict
         self.started, self.release = threading.Event(), threading.Event()
 

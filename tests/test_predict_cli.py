@@ -147,7 +147,8 @@ def test_progress_is_logged_per_image_when_not_on_a_terminal(
     caplog.set_level("INFO", logger="bridgeseg.cli.predict")
     assert predict(checkpoint, tmp_path / "out", *images) == 0  # pytest's stderr is not a terminal: no bar
     lines = [record.getMessage() for record in caplog.records if record.name == "bridgeseg.cli.predict"]
-    assert [line.split(" (")[0] for line in lines] == [f"[1/2] {images[0]} done", f"[2/2] {images[1]} done"]
+    assert lines[0].startswith(f"segmenting with {checkpoint}")  # once, with the runtime and precision
+    assert [line.split(" (")[0] for line in lines[1:]] == [f"[1/2] {images[0]} done", f"[2/2] {images[1]} done"]
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -172,7 +173,23 @@ def test_precision_option(checkpoint: Path, tmp_path: Path, monkeypatch, caplog,
     assert fp32_mask.shape == bf16_mask.shape
     capsys.readouterr()
     code = predict(tmp_path / "model.onnx", tmp_path / "onnx", image, options=("--precision", "bf16"))
-    assert code == 2 and "not available for the onnx runtime" in capsys.readouterr().err
+    assert code == 2 and "PyTorch runtime only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_default_precision_is_fp32_and_recorded(checkpoint: Path, tmp_path: Path, monkeypatch, caplog, native) -> None:
+    from bridgeseg.models import inference
+
+    image = write_image(tmp_path / "in" / "x.png")
+    monkeypatch.setattr(inference, "bf16_is_fast", lambda: native)
+    with caplog.at_level("INFO", logger="bridgeseg.cli.predict"):
+        assert predict(checkpoint, tmp_path / "default", image) == 0
+        assert predict(checkpoint, tmp_path / "auto", image, options=("--precision", "auto")) == 0
+    said = [record.getMessage() for record in caplog.records if "runtime" in record.getMessage()]
+    assert len(said) == 2 and "torch runtime, fp32" in said[0]
+    assert json.loads((tmp_path / "default" / "x.json").read_text())["precision"] == "fp32"
+    auto = json.loads((tmp_path / "auto" / "x.json").read_text())
+    assert auto["precision"] == ("bf16" if native else "fp32") and auto["runtime"] == "torch"
     with pytest.raises(SystemExit) as exit_info:
         predict(checkpoint, tmp_path / "bad", image, options=("--precision", "fp16"))
     assert exit_info.value.code == 2

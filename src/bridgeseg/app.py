@@ -325,6 +325,8 @@ def _segment(predictor: "Predictor", request: _SegmentRequest, limits: AppLimits
         "areas": areas,
         "mode": request.mode,
         "tta": request.tta,
+        "runtime": predictor.runtime,
+        "precision": predictor.precision,
         "latency_ms": round(model_ms, 1),
         "total_ms": round(1000.0 * (time.perf_counter() - started), 1),
     }
@@ -430,6 +432,8 @@ def create_app(
         "checkpoint": checkpoint,
         "classes": predictor.classes,
         "open_vocabulary": bool(predictor.open_vocabulary),
+        "runtime": predictor.runtime,
+        "precision": predictor.precision,
         "modes": ["whole", "slide"],
         "limits": dataclasses.asdict(limits),
     }

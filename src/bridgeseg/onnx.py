@@ -547,6 +547,7 @@ class OnnxBackend:
     """
 
     device = torch.device("cpu")
+    runtime = "onnx"
 
     def __init__(
         self, path: str | os.PathLike[str], providers: Sequence[str] | None = None, threads: int | None = None
@@ -570,6 +571,10 @@ class OnnxBackend:
         self.size_multiple: int = self.metadata["size_multiple"]
         self.pixel_mean = torch.tensor(self.metadata["pixel_mean"], dtype=torch.float32).view(1, 3, 1, 1)
         self.output: str = self.metadata["output"]
+        # What the graph computes in, named as `Predictor.precision` names it: "int8" for a quantised export
+        # (`bridgeseg.quantization` records it), else "fp32" (recorded as "float32", or not at all by older exports).
+        recorded = str(self.metadata.get("precision", "float32"))
+        self.precision: str = "fp32" if recorded == "float32" else recorded
         if self.output == "coarse_logits":
             # The shared loop's exact fast labels path looks for this method (see `segment`).
             self.coarse_logits = self._coarse_logits

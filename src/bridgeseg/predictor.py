@@ -29,8 +29,9 @@ from bridgeseg.checkpoints import CONFIG_NAME, WEIGHTS_NAME, load_model, save_ch
 from bridgeseg.errors import first_line
 from bridgeseg.images import ImageInput, SizeLimits, to_tensor
 from bridgeseg.models import SegmentationModel
-from bridgeseg.models.inference import PRECISIONS, resolve_precision
+from bridgeseg.models.inference import resolve_precision
 from bridgeseg.models.prediction import TorchBackend, segment
+from bridgeseg.options import DEFAULT_PRECISION, check_precision
 from bridgeseg.vocabulary import describe_classes, validate_class_names
 
 __all__ = ["Prediction", "Predictor"]
@@ -74,9 +75,10 @@ class Predictor(
         model: A `SegmentationModel` (run with PyTorch), or a backend such as `bridgeseg.onnx.OnnxBackend`.
         limits: The largest image the model is asked to process, counted after padding and resizing (area and
             aspect ratio); images over it are refused before they are decoded. None: no limit but PIL's.
-        precision: PyTorch runtime: "fp32", "bf16" (the forward under bf16 autocast; float32 logits) or "auto": bf16
-            on a CPU with native bf16 (AVX512-BF16 or AMX, `bridgeseg.models.inference.bf16_is_fast`), fp32
-            elsewhere. An explicit "bf16" where it is emulated works, slower, with a warning.
+        precision: PyTorch runtime: "fp32" (the default, on every CPU), "bf16" (the forward under bf16 autocast;
+            float32 logits; some labels change) or "auto": bf16 on a CPU with native bf16 (AVX512-BF16 or AMX,
+            `bridgeseg.models.inference.bf16_is_fast`), fp32 elsewhere. An explicit "bf16" where it is emulated
+            works, slower, with a warning.
         optimize: PyTorch runtime on a CPU: predict with an inference-optimised copy of the model (BatchNorms
             folded, channels last; `bridgeseg.models.inference.optimize_for_inference`), remade if the model's
             weights change. The model itself is never changed.
@@ -94,16 +96,14 @@ class Predictor(
         self,
         model: SegmentationModel | Any,
         limits: SizeLimits | None = _DEFAULT_LIMITS,
-        precision: str = "auto",
+        precision: str = DEFAULT_PRECISION,
         optimize: bool = True,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         if isinstance(model, SegmentationModel):
             autocast_dtype = resolve_precision(precision, model.pixel_mean.device)
             model = TorchBackend(model.eval(), autocast_dtype=autocast_dtype, optimize=optimize)
-        elif precision == "bf16":
-            raise ValueError(f"precision 'bf16' applies to the PyTorch runtime only, not to {type(model).__name__}")
+        else:
+            check_precision(precision, runtime=type(model).__name__)
         self.backend = model
         self.limits = limits
         self._text_encoder_error: str | None = None
@@ -115,7 +115,7 @@ class Predictor(
         device: str | torch.device = "cpu",
         runtime: str | None = None,
         threads: int | None = None,
-        precision: str = "auto",
+        precision: str = DEFAULT_PRECISION,
     ) -> Predictor:
         """Load a checkpoint folder, `.safetensors` or Lightning `.ckpt` (PyTorch), or an `.onnx` file.
 
@@ -124,7 +124,7 @@ class Predictor(
             device: PyTorch device.
             runtime: "torch" or "onnx"; default: "onnx" for `.onnx` files, else "torch".
             threads: ONNX Runtime intra-op threads.
-            precision: "auto", "fp32" or "bf16" (PyTorch runtime; see `Predictor`).
+            precision: "fp32" (the default), "bf16" or "auto" (PyTorch runtime; see `Predictor`).
 
         Raises:
             CheckpointError: The checkpoint cannot be loaded safely.
@@ -132,11 +132,7 @@ class Predictor(
             ValueError: An unknown precision, or "bf16" with ONNX Runtime.
         """
         runtime = runtime or ("onnx" if str(path).endswith(".onnx") else "torch")
-        if precision not in PRECISIONS or (runtime == "onnx" and precision == "bf16"):
-            raise ValueError(
-                f"precision {precision!r} is not available for the {runtime} runtime; "
-                f"use {'auto or fp32' if runtime == 'onnx' else ', '.join(PRECISIONS)}"
-            )
+        check_precision(precision, runtime)
         if runtime == "onnx":
             from bridgeseg.onnx import OnnxBackend  # onnxruntime is an optional extra
 
@@ -165,9 +161,14 @@ class Predictor(
         return bool(self.backend.open_vocabulary)
 
     @property
+    def runtime(self) -> str:
+        """The runtime that computes the logits: "torch", "onnx", ... (the backend's name for itself)."""
+        return str(getattr(self.backend, "runtime", type(self.backend).__name__))
+
+    @property
     def precision(self) -> str:
-        """The precision the forward runs in: "bf16" (autocast) or "fp32"."""
-        return "bf16" if getattr(self.backend, "autocast_dtype", None) == torch.bfloat16 else "fp32"
+        """The precision the forward runs in: "fp32", "bf16" (PyTorch autocast) or "int8" (a quantised export)."""
+        return str(getattr(self.backend, "precision", "fp32"))
 
     @property
     def device(self) -> torch.device:

@@ -41,6 +41,7 @@ from bridgeseg.onnx import (
     probe_means,
     read_metadata,
 )
+from bridgeseg.options import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_SIZE
 
 __all__ = [
     "DEFAULT_CALIBRATION_IMAGES",
@@ -56,10 +57,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CALIBRATION_IMAGES = 32
-"""Images the activation ranges are calibrated on, by default."""
-DEFAULT_CALIBRATION_SIZE = 512
-"""Side of the square the calibration images are resized and cropped to, by default (a multiple of 32)."""
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Add", "Mul", "Clip", "Relu")
 """Operators quantised. Clip and Relu (ReLU6 and ReLU) are there so that a convolution's output is quantised

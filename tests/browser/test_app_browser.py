@@ -215,6 +215,7 @@ def test_upload_segment_and_show_the_result(page: Any, server: str, tmp_path: Pa
     match = re.search(r"Model time: (\d+) ms", latency_text)
     assert match, latency_text
     assert abs(int(match.group(1)) - result["latency_ms"]) <= 1
+    assert latency_text.rstrip().endswith("fp32)")  # the precision that ran is on the result line
     record_property("latency_ms", int(match.group(1)))
     logger.info("the page reported: %s", latency_text)
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from bridgeseg import Predictor
 from bridgeseg.models import create_model, inference
-from bridgeseg.models.inference import bf16_is_fast, optimize_for_inference, resolve_precision
+from bridgeseg.models.inference import optimize_for_inference, resolve_precision
 from bridgeseg.models.prediction import TorchBackend
 from tests.conftest import CLASSES
 from tests.models.test_prediction import trained_tiny
@@ -135,26 +135,40 @@ def test_predictor_predicts_with_the_optimised_copy(class_embeddings: torch.Tens
 
 @pytest.fixture
 def fresh_detector():
-    bf16_is_fast.cache_clear()
+    inference.detect_native_bf16.cache_clear()
     yield
-    bf16_is_fast.cache_clear()
+    inference.detect_native_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_detector_asks_pytorch(monkeypatch, fresh_detector, native: bool) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(inference, "cpuinfo_flags", lambda: pytest.fail("PyTorch's query answers first"))
+    assert inference.detect_native_bf16() is native
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: not native, raising=False)
+    assert inference.detect_native_bf16() is native  # asked once per process
 
 
 def test_bf16_detector_falls_back_to_cpuinfo(monkeypatch, tmp_path, fresh_detector) -> None:
-    assert isinstance(bf16_is_fast(), bool)
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16\n\nprocessor\t: 1\n")
     assert inference.cpuinfo_flags(cpuinfo) >= {"avx2", "avx512f", "avx512_bf16"}
     assert inference.cpuinfo_flags(tmp_path / "missing") == set()
     monkeypatch.setattr(inference, "cpuinfo_flags", lambda: {"avx2", "fma"})
-    assert bf16_is_fast() is False
-    bf16_is_fast.cache_clear()
+    assert inference.detect_native_bf16() is False
+    inference.detect_native_bf16.cache_clear()
     monkeypatch.setattr(inference, "cpuinfo_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
-    assert bf16_is_fast() is True
+    assert inference.detect_native_bf16() is True
 
 
-def test_precision_resolves_to_bf16_only_where_fast(monkeypatch, caplog, fresh_detector) -> None:
+def test_the_suite_pins_the_detection(request) -> None:
+    # The autouse fixture of conftest.py answers for the CPU, so that no test depends on the one running it.
+    assert inference.bf16_is_fast() is (request.config.getoption("--native-bf16") == "yes")
+
+
+def test_precision_resolves_to_bf16_only_where_fast(monkeypatch, caplog) -> None:
     monkeypatch.setattr(inference, "bf16_is_fast", lambda: False)
     assert resolve_precision("auto") is None
     assert resolve_precision("fp32") is None
@@ -164,17 +178,25 @@ def test_precision_resolves_to_bf16_only_where_fast(monkeypatch, caplog, fresh_d
     monkeypatch.setattr(inference, "bf16_is_fast", lambda: True)
     caplog.clear()
     assert resolve_precision("auto") is torch.bfloat16
+    assert resolve_precision("fp32") is None
     assert resolve_precision("bf16") is torch.bfloat16 and not caplog.records
     assert resolve_precision("auto", device="cuda") is None  # auto never picks bf16 off the CPU
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         resolve_precision("fp16")
 
 
-def test_predictor_precision_option(monkeypatch, class_embeddings: torch.Tensor) -> None:
-    monkeypatch.setattr(inference, "bf16_is_fast", lambda: False)
+@pytest.mark.parametrize("native", [False, True])
+def test_predictor_is_fp32_by_default_on_every_cpu(monkeypatch, class_embeddings: torch.Tensor, native: bool) -> None:
+    monkeypatch.setattr(inference, "bf16_is_fast", lambda: native)
     model = _model("bridge", class_embeddings)
     assert Predictor(model).precision == "fp32"
+    assert Predictor(model, precision="auto").precision == ("bf16" if native else "fp32")
     assert Predictor(model, precision="bf16").precision == "bf16"
+    assert Predictor(model).runtime == "torch"
+
+
+def test_predictor_precision_option(class_embeddings: torch.Tensor) -> None:
+    model = _model("bridge", class_embeddings)
     with pytest.raises(ValueError, match="unknown precision"):
         Predictor(model, precision="half")
 
@@ -184,7 +206,7 @@ def test_predictor_precision_option(monkeypatch, class_embeddings: torch.Tensor)
     assert Predictor(OtherRuntime()).precision == "fp32"
     with pytest.raises(ValueError, match="PyTorch runtime only"):
         Predictor(OtherRuntime(), precision="bf16")
-    with pytest.raises(ValueError, match="not available for the onnx runtime"):
+    with pytest.raises(ValueError, match="PyTorch runtime only"):
         Predictor.from_checkpoint("model.onnx", precision="bf16")
 
 

@@ -97,7 +97,8 @@ function showResult(result) {
   const latency = `Model time: ${result.latency_ms.toFixed(0)} ms`;
   elements.latency.textContent =
     `${latency} (request ${result.total_ms.toFixed(0)} ms on the server; ${result.width}×${result.height} px, ` +
-    `${result.mode === "slide" ? "sliding window" : "whole image"}${result.tta ? ", flip TTA" : ""})`;
+    `${result.mode === "slide" ? "sliding window" : "whole image"}${result.tta ? ", flip TTA" : ""}, ` +
+    `${result.precision})`;
 
   elements.legend.replaceChildren();
   for (const area of result.areas.filter((item) => item.fraction > 0)) {

@@ -31,7 +31,7 @@ from bridgeseg.cli._options import add_checkpoint_argument, check_device
 from bridgeseg.errors import DatasetError, first_line
 from bridgeseg.images import IMAGE_EXTENSIONS, load_image
 from bridgeseg.io import write_atomically
-from bridgeseg.models.inference import PRECISIONS
+from bridgeseg.options import DEFAULT_PRECISION, PRECISIONS
 from bridgeseg.predictor import Prediction, Predictor
 from bridgeseg.visualize import overlay, palette
 from bridgeseg.vocabulary import parse_class_list
@@ -64,9 +64,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--precision",
         choices=list(PRECISIONS),
-        default="auto",
-        help="PyTorch forward precision: bf16 autocast or fp32; auto: bf16 on CPUs with native bf16 (AVX512-BF16 or "
-        "AMX), fp32 elsewhere; bf16 where it is emulated is slower than fp32 (default: auto)",
+        default=DEFAULT_PRECISION,
+        help="PyTorch forward precision: fp32, the same labels on every CPU; bf16 autocast (some labels change; "
+        "slower than fp32 where the CPU emulates it); auto: bf16 on CPUs with native bf16 (AVX512-BF16 or AMX), "
+        "fp32 elsewhere (default: %(default)s)",
     )
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(run=run)
@@ -91,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     stems = _output_stems(inputs)
     _check_out_dir(out_dir, inputs, stems, args.overwrite)
     predictor = _load(args)
+    # Said once on screen and recorded in every JSON: the labels depend on the runtime and the precision.
+    ran_with = {"runtime": predictor.runtime, "precision": predictor.precision}
+    logger.info("segmenting with %s (%s runtime, %s)", args.checkpoint, predictor.runtime, predictor.precision)
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = _Progress(len(inputs))
     for problem in problems:
@@ -115,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             progress.advance(path, ok=False)
             continue
         # A ValueError (bad class list or options) would fail for every image, so it ends the command.
-        _write_outputs(out_dir, stem, path, image, prediction)
+        _write_outputs(out_dir, stem, path, image, prediction, ran_with)
         written += 1
         progress.advance(path, ok=True)
         # Free this image's buffers before the next one is decoded: peak memory stays one image's worth.
@@ -255,7 +259,9 @@ def _sanitize_stem(name: str) -> str:
     return stem or "image"
 
 
-def _write_outputs(out_dir: Path, stem: str, path: Path, image: Tensor, prediction: Prediction) -> None:
+def _write_outputs(
+    out_dir: Path, stem: str, path: Path, image: Tensor, prediction: Prediction, ran_with: dict[str, str]
+) -> None:
     labels = prediction.labels
     num_classes = len(prediction.classes)
     if num_classes <= 256:
@@ -279,6 +285,7 @@ def _write_outputs(out_dir: Path, stem: str, path: Path, image: Tensor, predicti
         "overlay": overlay_path.name,
         "label_names": list(prediction.classes),
         "classes": prediction.areas(),
+        **ran_with,
     }
     text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
     write_atomically(json_path, lambda file: file.write(text.encode("utf-8")))

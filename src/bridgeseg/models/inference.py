@@ -9,7 +9,7 @@ training, validation and checkpoints never see the copy. The outputs equal the o
 
 `bf16_is_fast` says whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere PyTorch emulates
 it and a bf16 forward is slower than fp32. `resolve_precision` turns the `precision` option of
-`bridgeseg.Predictor` ("auto", "fp32", "bf16") into an autocast dtype.
+`bridgeseg.Predictor` ("fp32", the default; "bf16"; "auto") into an autocast dtype.
 
 Example:
     >>> fast = optimize_for_inference(model.eval())  # doctest: +SKIP
@@ -32,6 +32,8 @@ from timm.layers import BatchNormAct2d
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from bridgeseg.options import PRECISIONS, check_precision
+
 if TYPE_CHECKING:
     from bridgeseg.models.segmentor import SegmentationModel
 
@@ -39,6 +41,7 @@ __all__ = [
     "PRECISIONS",
     "bf16_is_fast",
     "cpuinfo_flags",
+    "detect_native_bf16",
     "fold_batch_norms",
     "optimize_for_inference",
     "resolve_precision",
@@ -46,7 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
 # The CPU flags (as /proc/cpuinfo names them) of native bf16 arithmetic: AVX512-BF16 and AMX's bf16 tiles.
 _BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # Side of the sample image the conv → BatchNorm pairs are found and the copy is checked on (a multiple of 32).
@@ -188,9 +190,18 @@ def _check_same_logits(
 # -- bf16 -----------------------------------------------------------------------------------------------------
 
 
-@functools.cache
 def bf16_is_fast() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so that a bf16 forward beats fp32.
+
+    The answer is detected once per process (`detect_native_bf16`); tests pin it, so that no outcome depends on the
+    CPU that runs them.
+    """
+    return detect_native_bf16()
+
+
+@functools.cache
+def detect_native_bf16() -> bool:
+    """Ask the CPU whether it computes bfloat16 natively (cached: the CPU does not change while a process runs).
 
     PyTorch's own CPU capability query is used; without it (older PyTorch), the flags of /proc/cpuinfo.
     Elsewhere (AVX2, AVX512 without BF16, Arm, macOS) oneDNN emulates bf16 and it is slower than fp32.
@@ -218,15 +229,14 @@ def cpuinfo_flags(path: str | Path = "/proc/cpuinfo") -> set[str]:
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> torch.dtype | None:
     """The autocast dtype of a `precision` option: None for fp32, `torch.bfloat16` for bf16.
 
-    "auto" is bf16 on a CPU that computes it natively (`bf16_is_fast`) and fp32 everywhere else (GPUs included:
-    choose bf16 there explicitly). An explicit "bf16" on a CPU without native bf16 works but is slower than fp32,
-    and says so once in the log.
+    "auto" (asked for; the default is fp32) is bf16 on a CPU that computes it natively (`bf16_is_fast`) and fp32
+    everywhere else (GPUs included: choose bf16 there explicitly). An explicit "bf16" on a CPU without native bf16
+    works but is slower than fp32, and says so once in the log.
 
     Raises:
         ValueError: An unknown precision.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     on_cpu = torch.device(device).type == "cpu"
     if precision == "auto":
         return torch.bfloat16 if on_cpu and bf16_is_fast() else None
@@ -235,6 +245,6 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> tor
     if on_cpu and not bf16_is_fast():
         logger.warning(
             "bf16 on this CPU is emulated (no AVX512-BF16 or AMX): it will be slower than fp32; "
-            "use --precision auto or fp32 for speed"
+            "use --precision fp32 for speed"
         )
     return torch.bfloat16

@@ -303,6 +303,8 @@ class TorchBackend:
             stale weights; `model` itself is never changed. Off for training and validation.
     """
 
+    runtime = "torch"
+
     def __init__(
         self, model: SegmentationModel, autocast_dtype: torch.dtype | None = None, optimize: bool = False
     ) -> None:
@@ -317,6 +319,11 @@ class TorchBackend:
     # The model may move between devices: these follow it.
     pixel_mean = property(lambda self: self.model.pixel_mean)
     device = property(lambda self: self.model.pixel_mean.device)
+
+    @property
+    def precision(self) -> str:
+        """The precision the forward runs in: "bf16" (autocast) or "fp32"."""
+        return "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
 
     def text_embeddings(self, classes: Sequence[str] | None) -> Tensor | None:
         """The classes' embeddings [K, Dt] (default: the model's); None for a text-free model."""
