@@ -217,17 +217,18 @@ def _args(**values: object) -> argparse.Namespace:
 
 
 def test_export_command(exported: dict, tmp_path, monkeypatch, capsys) -> None:
-    from bridgeseg.cli import export
+    from bridgeseg import checkpoints
 
     model = exported[("lseg", True)][0]
-    monkeypatch.setattr(export, "load_model", lambda path, device="cpu": model)
+    # The command imports the loader when it runs (its parser is built without torch): patch it at home.
+    monkeypatch.setattr(checkpoints, "load_model", lambda path, device="cpu": model)
     assert export_command(_args(onnx=str(tmp_path / "m.onnx"), open_vocab=True)) == 0
     output = capsys.readouterr().out
     assert "m.onnx" in output and "torchscript exporter" in output and "argmax agreement 100.000 %" in output
     assert json.loads(json.dumps(read_metadata(tmp_path / "m.onnx")["classes"])) == CLASSES
 
     fpn = exported[("fpn", False)][0]
-    monkeypatch.setattr(export, "load_model", lambda path, device="cpu": fpn)
+    monkeypatch.setattr(checkpoints, "load_model", lambda path, device="cpu": fpn)
     with pytest.raises(ValueError, match="closed-set and cannot be exported with open-vocabulary inputs"):
         export_command(_args(onnx=str(tmp_path / "f.onnx"), open_vocab=True))
     with pytest.raises(ValueError, match="closed-set"):

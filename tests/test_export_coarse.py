@@ -124,12 +124,12 @@ def test_only_single_view_whole_labels_take_the_coarse_path(coarse_exports: dict
 
 
 def test_export_command_writes_the_coarse_form(coarse_exports: dict, tmp_path, monkeypatch, capsys) -> None:
-    from bridgeseg.cli import export
+    from bridgeseg import checkpoints
     from bridgeseg.cli.export import run as export_command
     from tests.test_export import _args
 
     model = coarse_exports[("bridge", True, False)][0]
-    monkeypatch.setattr(export, "load_model", lambda path, device="cpu": model)
+    monkeypatch.setattr(checkpoints, "load_model", lambda path, device="cpu": model)
     target = tmp_path / "m.onnx"
     assert export_command(_args(onnx=str(target), open_vocab=True, coarse_logits=True)) == 0
     assert "output coarse_logits" in capsys.readouterr().out

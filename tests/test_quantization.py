@@ -179,9 +179,10 @@ def test_quantize_refuses_bad_arguments(quantized: dict, tmp_path: Path) -> None
 
 
 def test_cli_exports_int8(trained: torch.nn.Module, calibration: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from bridgeseg import checkpoints
     from bridgeseg.cli import export
 
-    monkeypatch.setattr(export, "load_model", lambda path, device="cpu": trained)
+    monkeypatch.setattr(checkpoints, "load_model", lambda path, device="cpu": trained)
     monkeypatch.chdir(tmp_path)  # nothing may be written in the working folder either
     out = tmp_path / "model_int8.onnx"
     values = {"onnx": str(out), "open_vocab": True, "int8": True, "calibration": str(calibration)}

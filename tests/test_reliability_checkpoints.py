@@ -314,12 +314,12 @@ def test_ctrl_c_exits_130_with_one_line(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import bridgeseg.cli.predict
+    import bridgeseg.images
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bridgeseg.cli.predict, "load_image", interrupted)
+    monkeypatch.setattr(bridgeseg.images, "load_image", interrupted)  # `predict` imports it when it runs
     predict = ["predict", "--out", str(tmp_path / "out"), str(image), "--checkpoint", str(checkpoint)]
     code, error = run_cli(capsys, *predict)
     assert code == EXIT_INTERRUPTED == 130

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_CHECKPOINT = "outputs/demo/model"
 """The demo model (`bridgeseg demo` writes it)."""
@@ -20,6 +22,8 @@ def check_device(device: str) -> torch.device:
     Raises:
         ValueError: Not a device name, or CUDA/MPS asked for where there is none.
     """
+    import torch  # here, not at the top: the parsers of every command are built without torch
+
     try:
         parsed = torch.device(device)
     except RuntimeError as error:

@@ -6,12 +6,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bridgeseg.checkpoints import WEIGHTS_NAME, convert_checkpoint, load_model
 from bridgeseg.cli._options import add_checkpoint_argument
 from bridgeseg.errors import UserError
 from bridgeseg.io import check_writable
-from bridgeseg.quantization import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_SIZE
-from bridgeseg.vocabulary import parse_class_list
+from bridgeseg.options import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_SIZE
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -76,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         UserError: Missing or contradictory arguments.
         ValueError: A closed-set model with --open-vocab or new classes (`export_onnx` says so).
     """
+    # Here, not at the top: the parser is built without torch, so `bridgeseg --help` stays fast.
+    from bridgeseg.checkpoints import WEIGHTS_NAME, convert_checkpoint, load_model
+    from bridgeseg.vocabulary import parse_class_list
+
     fmt = args.format or ("onnx" if args.onnx else None)
     if fmt is None:
         raise UserError("nothing to export to: give --onnx FILE, or --format safetensors --out DIR")

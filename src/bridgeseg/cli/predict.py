@@ -22,25 +22,27 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from bridgeseg.cli._options import add_checkpoint_argument, check_device
-from bridgeseg.errors import DatasetError, first_line
-from bridgeseg.images import IMAGE_EXTENSIONS, load_image
-from bridgeseg.io import write_atomically
 from bridgeseg.options import DEFAULT_PRECISION, PRECISIONS
-from bridgeseg.predictor import Prediction, Predictor
-from bridgeseg.visualize import overlay, palette
-from bridgeseg.vocabulary import parse_class_list
+
+# The parser is built without torch (`bridgeseg --help` stays fast); the library comes with the command's run.
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from bridgeseg.predictor import Prediction, Predictor
 
 logger = logging.getLogger(__name__)
 
-# Every format `bridgeseg serve` takes: a file given by name and a folder's files are read alike.
-_PREDICT_EXTENSIONS = (*IMAGE_EXTENSIONS, ".webp", ".gif")
 _MAX_STEM_LENGTH = 100
+
+
+def _predict_extensions() -> tuple[str, ...]:
+    """Every format `bridgeseg serve` takes: a file given by name and a folder's files are read alike."""
+    from bridgeseg.images import IMAGE_EXTENSIONS
+
+    return (*IMAGE_EXTENSIONS, ".webp", ".gif")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -84,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         ValueError: No image was found; the class list, device or options are invalid; `--out` is an input's
             folder, or holds outputs already and `--overwrite` was not given.
     """
+    from bridgeseg.errors import DatasetError, first_line
+    from bridgeseg.images import load_image
+    from bridgeseg.vocabulary import parse_class_list
+
     classes = parse_class_list(args.classes)
     inputs, problems = _collect_images(args.images)
     if not inputs:
@@ -163,6 +169,8 @@ class _Progress:
 
 
 def _load(args: argparse.Namespace) -> Predictor:
+    from bridgeseg.predictor import Predictor
+
     runtime = args.runtime
     if runtime == "torch" and str(args.checkpoint).endswith(".onnx"):
         logger.info("%s is an ONNX model: using the onnx runtime", args.checkpoint)
@@ -183,19 +191,20 @@ def _collect_images(patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
     Returns:
         The files, and one problem line for each argument that gave no image.
     """
+    extensions = _predict_extensions()
     found: dict[Path, Path] = {}
     problems: list[str] = []
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            images = [c for c in sorted(path.iterdir()) if c.is_file() and c.suffix.lower() in _PREDICT_EXTENSIONS]
+            images = [c for c in sorted(path.iterdir()) if c.is_file() and c.suffix.lower() in extensions]
             if not images:
-                problems.append(f"{pattern}: no image in this folder ({', '.join(_PREDICT_EXTENSIONS)})")
+                problems.append(f"{pattern}: no image in this folder ({', '.join(extensions)})")
         elif path.exists():
             images = [path]
         elif glob.has_magic(pattern):
             matches = (Path(match) for match in sorted(glob.glob(pattern)))
-            images = [m for m in matches if m.is_file() and m.suffix.lower() in _PREDICT_EXTENSIONS]
+            images = [m for m in matches if m.is_file() and m.suffix.lower() in extensions]
             if not images:
                 problems.append(f"{pattern}: no image matches this pattern")
         else:
@@ -252,7 +261,7 @@ def _output_stems(paths: Sequence[Path]) -> list[str]:
 
 
 def _sanitize_stem(name: str) -> str:
-    stem = Path(name).stem if Path(name).suffix.lower() in _PREDICT_EXTENSIONS else name
+    stem = Path(name).stem if Path(name).suffix.lower() in _predict_extensions() else name
     stem = re.sub(r"[^\w.-]+", "_", stem)
     # No hidden files, no "." or "..", nothing that reads as an option.
     stem = stem.strip("._-")[:_MAX_STEM_LENGTH]
@@ -262,6 +271,12 @@ def _sanitize_stem(name: str) -> str:
 def _write_outputs(
     out_dir: Path, stem: str, path: Path, image: Tensor, prediction: Prediction, ran_with: dict[str, str]
 ) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from bridgeseg.io import write_atomically
+    from bridgeseg.visualize import overlay, palette
+
     labels = prediction.labels
     num_classes = len(prediction.classes)
     if num_classes <= 256:
