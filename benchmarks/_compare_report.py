@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,11 @@ def _paired_cells(row: dict[str, Any]) -> tuple[str, str, str]:
 def _paired_sentence(row: dict[str, Any]) -> str:
     per_seed, mean, ci = _paired_cells(row)
     return f"per seed {per_seed}, mean {mean}, 95 % CI {ci}, paired t p {_p(row.get('t_p'))}."
+
+
+def _paired_list(rows: list[dict[str, Any]], metric: Callable[[dict[str, Any]], str]) -> list[str]:
+    """One bullet per `paired_difference` row (its comparison, `metric(row)`, the sentence), then a blank line."""
+    return [f"- {row['comparison']}, {metric(row)}: {_paired_sentence(row)}" for row in rows] + ([""] if rows else [])
 
 
 def _per_class_markdown(rows: list[dict[str, Any]]) -> list[str]:
@@ -213,10 +218,7 @@ def to_markdown(summary: dict[str, Any], curve_name: str = "compare_curve.png") 
                 f"{_cell(full['seen_mIoU'])} | {_cell(full['heldout_classes_mIoU'])} |"
             )
         lines.append("")
-        for row in summary["heldout_paired"]:
-            lines.append(f"- {row['comparison']}, {row['metric']}: {_paired_sentence(row)}")
-        if summary["heldout_paired"]:
-            lines.append("")
+        lines += _paired_list(summary["heldout_paired"], lambda row: row["metric"])
     if summary["ablation"]:
         lines += [
             "## Ablation on `mosaic`, decision budget",
@@ -243,10 +245,7 @@ def to_markdown(summary: dict[str, Any], curve_name: str = "compare_curve.png") 
                 f"{row['GFLOPs']:.3f} |"
             )
         lines.append("")
-        for row in summary["ablation_paired"]:
-            lines.append(f"- {row['comparison']}, mIoU: {_paired_sentence(row)}")
-        if summary["ablation_paired"]:
-            lines.append("")
+        lines += _paired_list(summary["ablation_paired"], lambda row: "mIoU")
     if summary["scratch"]:
         lines += [
             "## Backbones from scratch (not informative while `fpn` is below 25 mIoU)",
