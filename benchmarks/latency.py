@@ -70,7 +70,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _results import write_results  # noqa: E402
+from _results import script_main  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -212,6 +212,9 @@ def _optimized(model: nn.Module, ours: bool, images: Tensor) -> nn.Module:
 
     if ours:
         return optimize_for_inference(model)
+    # A peer is no `SegmentationModel`: `optimize_for_inference` shares its text encoder and checks the copy on
+    # `coarse_logits` with the class embeddings, which a peer has neither of. So the same two steps, with the
+    # library's folding: BatchNorms folded (found by a forward on the timed images), then channels last.
     with torch.inference_mode(False), torch.no_grad():
         optimized = copy.deepcopy(model).eval()
         fold_batch_norms(optimized, lambda: optimized(images.clone()))
@@ -597,20 +600,22 @@ def to_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mosaic_miou(compare_path: Path) -> dict[tuple[str, str], float]:
-    """Mean mosaic mIoU of each (method, backbone) in the decision table (pretrained backbones)."""
+def _mosaic_miou(compare_path: Path) -> dict[tuple[str, str], tuple[float, float, int]]:
+    """Mosaic mIoU of each (method, backbone) in the decision table (pretrained backbones): the mean, the sample
+    std over seeds and the number of seeds."""
     if not compare_path.is_file():
         return {}
     rows = json.loads(compare_path.read_text()).get("main", [])
     return {
-        (row["method"], row["backbone"]): row["mIoU_mean"]
+        (row["method"], row["backbone"]): (row["mIoU_mean"], row["mIoU_std"], row["n"])
         for row in rows
         if row.get("dataset") == "mosaic" and row.get("pretrained") and row.get("n")
     }
 
 
 def plot_pareto(summary: dict, out: Path, compare_path: Path, quantization_path: Path) -> Path:
-    """Mosaic mIoU against ORT labels latency; peers (no mosaic mIoU) as vertical lines at their latency."""
+    """Mosaic mIoU (mean ± std over seeds) against ORT labels latency; peers (no mosaic mIoU) as vertical lines at
+    their latency."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -622,6 +627,7 @@ def plot_pareto(summary: dict, out: Path, compare_path: Path, quantization_path:
         int8_delta = json.loads(quantization_path.read_text()).get("int8_minus_float32_mIoU")
     figure, axis = plt.subplots(figsize=(7, 4.5))
     lines = 0
+    seeds = sorted({n for _, _, n in miou.values()})
     for r in summary["results"]:
         key = (r["method"], r["backbone"])
         if r["kind"] == "peer" or key not in miou or r["decoder_stride"] != 4:
@@ -636,26 +642,26 @@ def plot_pareto(summary: dict, out: Path, compare_path: Path, quantization_path:
             )
             lines += 1
             continue
-        axis.plot(r["ms"]["ort_labels"], miou[key], "o", color="C0" if r["method"] == "bridge" else "C1")
+        mean, std, _ = miou[key]
+        colour = "C0" if r["method"] == "bridge" else "C1"
+        axis.errorbar(r["ms"]["ort_labels"], mean, yerr=std, fmt="o", color=colour, capsize=3)
         axis.annotate(
-            f"{r['label']} fp32",
-            (r["ms"]["ort_labels"], miou[key]),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
+            f"{r['label']} fp32", (r["ms"]["ort_labels"], mean), fontsize=8, xytext=(4, 4), textcoords="offset points"
         )
         if r["label"] == REFERENCE and int8_delta is not None:
-            axis.plot(r["ms"]["ort_int8_labels"], miou[key] + int8_delta, "s", color="C0")
+            # The demo model's int8 change moves the fp32 seeds alike: the same spread around the shifted mean.
+            axis.errorbar(r["ms"]["ort_int8_labels"], mean + int8_delta, yerr=std, fmt="s", color=colour, capsize=3)
             axis.annotate(
                 "bridge / Lite0 int8",
-                (r["ms"]["ort_int8_labels"], miou[key] + int8_delta),
+                (r["ms"]["ort_int8_labels"], mean + int8_delta),
                 fontsize=8,
                 xytext=(4, -10),
                 textcoords="offset points",
             )
     settings = summary["settings"]
     axis.set_xlabel(f"ONNX Runtime labels latency, ms ({settings['size']}², {settings['threads']} threads)")
-    axis.set_ylabel("mosaic mIoU (decision table mean;\nint8: plus the demo model's int8 change)", fontsize=9)
+    spread = f"mean ± std over {'/'.join(map(str, seeds))} seeds"
+    axis.set_ylabel(f"mosaic mIoU (decision table, {spread};\nint8: plus the demo model's int8 change)", fontsize=9)
     axis.set_title("Accuracy against CPU latency (up and left is better; dashed: no mosaic mIoU)", fontsize=10)
     axis.set_xscale("log")
     figure.tight_layout()
@@ -676,27 +682,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="benchmarks/results/latency", help="output path without suffix")
     parser.add_argument("--models", nargs="*", help="only models whose label contains one of these strings")
     parser.add_argument("--plot-only", action="store_true", help="redraw the Pareto plot from the JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.size % 32:
+        raise SystemExit(f"error: --size must be a multiple of 32, got {args.size}")
+    return args
+
+
+def plot(args: argparse.Namespace, summary: dict) -> None:
+    """The Pareto plot of `summary`, beside `--out`, with the mIoU of `compare.json` and the int8 change of
+    `quantization.json` (beside `--out`)."""
+    out = Path(args.out)
+    path = plot_pareto(summary, out, REPO / "benchmarks/results/compare.json", out.with_name("quantization.json"))
+    print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    args.command = " ".join(["python", "benchmarks/latency.py", *argv])
-    if args.size % 32:
-        raise SystemExit(f"error: --size must be a multiple of 32, got {args.size}")
-    out = Path(args.out)
-    compare_path, quantization_path = REPO / "benchmarks/results/compare.json", out.with_name("quantization.json")
-    if args.plot_only:
-        summary = json.loads(out.with_suffix(".json").read_text())
-        print(f"wrote {plot_pareto(summary, out, compare_path, quantization_path)}")
-        return 0
-    summary = run(args)
-    table = to_markdown(summary)
-    write_results(out, summary, table)
-    print(f"wrote {plot_pareto(summary, out, compare_path, quantization_path)}")
-    return 0
+    return script_main("latency.py", parse_args, run, to_markdown, argv, plot=plot)
 
 
 if __name__ == "__main__":
