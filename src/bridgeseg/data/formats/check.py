@@ -23,7 +23,7 @@ from bridgeseg.errors import DatasetError
 from bridgeseg.images import probe
 from bridgeseg.vocabulary import IGNORE_INDEX
 
-__all__ = ["DataCheckReport", "check_annotations", "check_dataset", "evenly_spaced", "save_chart"]
+__all__ = ["DataCheckReport", "check_annotations", "check_dataset", "evenly_spaced", "merge_reports", "save_chart"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +54,18 @@ class DataCheckReport(CheckReport):
         """Raise when a problem was found.
 
         Raises:
-            DatasetError: Listing the first ten problems.
+            DatasetError: The first problem, then up to nine more.
         """
-        if self.problems:
-            listed = "\n".join(f"  {problem}" for problem in self.problems[:10])
-            more = f"\n  ... and {len(self.problems) - 10} more" if len(self.problems) > 10 else ""
-            raise DatasetError(
-                f"{self.dataset} [{self.split}]: {len(self.problems)} problem(s) in {self.num_samples} samples "
-                f"(run bridgeseg data check for the full list):\n{listed}{more}"
+        if not self.problems:
+            return
+        message = self.problems[0]
+        if len(self.problems) > 1:
+            listed = "".join(f"\n  {problem}" for problem in self.problems[1:10])
+            message += (
+                f"\n{len(self.problems) - 1} more problem(s) in {self.dataset} [{self.split}] (`bridgeseg data check` "
+                f"lists every one):{listed}"
             )
+        raise DatasetError(message)
 
     def table(self) -> str:
         """Per-class pixel share and image count, one row a class."""
@@ -220,6 +223,26 @@ def check_dataset(dataset: SegmentationDataset, count: int | None = None) -> Dat
     if count is None:
         _split_warnings(report)
     return report
+
+
+def merge_reports(name: str, reports: Sequence[DataCheckReport], problems: Sequence[str] = ()) -> DataCheckReport:
+    """One report for several splits of a dataset (same classes), with ``problems`` found outside them first."""
+    classes = reports[0].classes if reports else []
+    merged = DataCheckReport(
+        dataset=name,
+        split="all",
+        num_samples=sum(r.num_samples for r in reports),
+        class_pixels=sum((r.class_pixels for r in reports), np.zeros(len(classes), dtype=np.int64)),
+        ignore_pixels=sum(r.ignore_pixels for r in reports),
+        problems=[*problems, *(p for r in reports for p in r.problems)],
+        classes=list(classes),
+        class_images=sum((r.class_images for r in reports), np.zeros(len(classes), dtype=np.int64)),
+        image_sizes=[size for r in reports for size in r.image_sizes],
+        num_masks=sum(r.num_masks for r in reports),
+        split_sizes={r.split: r.num_samples for r in reports},
+    )
+    _split_warnings(merged)
+    return merged
 
 
 def save_chart(report: DataCheckReport, path: str | os.PathLike[str]) -> Path | None:
