@@ -30,7 +30,7 @@ from torch import Tensor
 from bridgeseg.cli._options import add_checkpoint_argument, check_device
 from bridgeseg.errors import DatasetError, first_line
 from bridgeseg.images import IMAGE_EXTENSIONS, load_image
-from bridgeseg.io import write_atomically
+from bridgeseg.io import check_output_folder, refuse_existing, write_atomically
 from bridgeseg.models.inference import PRECISIONS
 from bridgeseg.predictor import Prediction, Predictor
 from bridgeseg.visualize import overlay, palette
@@ -151,7 +151,14 @@ class _Progress:
             self.bar.update()
             return
         elapsed = time.perf_counter() - self.started
-        logger.info("[%d/%d] %s %s (%.1f s)", self.done, self.total, path, "done" if ok else "failed", elapsed)
+        logger.info(
+            "[%d/%d] %s %s (%.1f s since the first image)",
+            self.done,
+            self.total,
+            path,
+            "done" if ok else "failed",
+            elapsed,
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -208,11 +215,12 @@ def _output_names(stem: str) -> tuple[str, str, str]:
 
 
 def _check_out_dir(out_dir: Path, inputs: Sequence[Path], stems: Sequence[str], overwrite: bool) -> None:
-    """Refuse an `--out` that is an input's folder, or that holds outputs already (unless `overwrite`).
+    """Refuse an `--out` that is a file or an input's folder, or that holds outputs already (unless `overwrite`).
 
     Raises:
-        ValueError: Either; nothing has been written.
+        ValueError: Any of these; nothing has been written.
     """
+    check_output_folder(out_dir)
     resolved = out_dir.resolve()
     for path in inputs:
         if path.resolve().parent == resolved:
@@ -220,15 +228,8 @@ def _check_out_dir(out_dir: Path, inputs: Sequence[Path], stems: Sequence[str], 
                 f"--out {out_dir} is the folder of the input {path}: the results would replace files there (such as "
                 "a ground-truth <name>_mask.png) and be read as inputs next time; choose another --out folder"
             )
-    if overwrite or not out_dir.is_dir():
-        return
-    existing = [name for stem in stems for name in _output_names(stem) if (out_dir / name).exists()]
-    if existing:
-        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise ValueError(
-            f"{out_dir} already holds {len(existing)} of the output files ({shown}); pass --overwrite to replace "
-            "them, or choose another --out folder"
-        )
+    outputs = [out_dir / name for stem in stems for name in _output_names(stem)]
+    refuse_existing(outputs, overwrite, "--out", folder=out_dir)
 
 
 def _output_stems(paths: Sequence[Path]) -> list[str]:
