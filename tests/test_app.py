@@ -385,3 +385,33 @@ def test_the_curl_examples_in_the_docs_work(client: TestClient, tmp_path: Path, 
         assert words[-1] == "http://127.0.0.1:7860/api/segment"
         response = client.post("/api/segment", data=data or None, files=files or None)
         assert response.status_code == 200, (command, response.text)
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1"])
+def test_serve_refuses_a_port_out_of_range(port: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--checkpoint", str(tmp_path / "no-model"), "--port", port]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --port {port} is not a TCP port; give one from 1 to 65535, e.g. --port 7860\n"
+    )
+
+
+def test_serve_stops_on_ctrl_c_with_a_short_grace_period_and_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uvicorn
+
+    from bridgeseg.cli import serve
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "model")
+    options: dict = {}
+
+    def interrupted(app: object, **kwargs: object) -> None:
+        options.update(kwargs)
+        raise KeyboardInterrupt  # what uvicorn does after its own shutdown on SIGINT
+
+    monkeypatch.setattr(uvicorn, "run", interrupted)
+    monkeypatch.setattr(serve, "_check_port_free", lambda host, port: None)
+    caplog.set_level("INFO", logger="bridgeseg.cli.serve")
+    assert main(["serve", "--checkpoint", str(checkpoint)]) == 0
+    assert options["timeout_graceful_shutdown"] == serve.GRACEFUL_SHUTDOWN_S <= 2
+    assert caplog.records[-1].getMessage() == f"stopped serving {checkpoint}"
