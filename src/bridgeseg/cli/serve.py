@@ -26,7 +26,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("serve", help="a local web page to try a model")
     add_checkpoint_argument(parser, "model folder, .safetensors, .ckpt or .onnx")
     parser.add_argument("--host", default="127.0.0.1", help="default: loopback only")
-    parser.add_argument("--port", type=int, default=7860, help="TCP port, 1 to 65535 (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=7860, help="TCP port, 1 to 65535; 0 picks a free one (default: %(default)s)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as error:
         raise UserError(f"the web app needs FastAPI, uvicorn and python-multipart ({error}); {INSTALL_HINT}") from error
-    if not 1 <= args.port <= 65535:
+    if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port} is not a TCP port; give one from 1 to 65535, e.g. --port 7860")
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
