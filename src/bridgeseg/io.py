@@ -1,5 +1,5 @@
-"""Files in and out: writing that loses nothing (temporary file, fsync, rename), and PyTorch checkpoints read
-without unpickling code, with one explanation of every way such a file can be damaged or unsafe.
+"""Files in and out: writing that loses nothing (temporary file, fsync, rename), and one explanation of every way
+a PyTorch checkpoint can be damaged or unsafe (`bridgeseg.models.weights` reads them without unpickling code).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from bridgeseg.errors import CheckpointError, first_line
 
@@ -144,17 +144,3 @@ def checkpoint_error(path: str | os.PathLike[str], error: BaseException) -> Chec
     # A truncated zip (RuntimeError), an empty file (EOFError), garbage (KeyError, ValueError)...
     message = first_line(error) or type(error).__name__
     return CheckpointError(f"{path}: corrupt or truncated checkpoint ({message}); re-copy it or use another checkpoint")
-
-
-def load_torch_checkpoint(path: str | os.PathLike[str]) -> Any:
-    """Read a PyTorch checkpoint onto the CPU without unpickling code (`weights_only=True`).
-
-    Raises:
-        CheckpointError: See `checkpoint_error`.
-    """
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise checkpoint_error(path, error) from error
