@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from bridgeseg.configs import resolve_config
 from bridgeseg.engine.datamodule import SegmentationDataModule
-from bridgeseg.engine.module import SegmentationModule
+from bridgeseg.engine.module import SegmentationTask
 from bridgeseg.errors import CheckpointError
 from bridgeseg.io import checkpoint_error, write_atomically
 
@@ -339,7 +339,7 @@ def run_lightning_cli(argv: Sequence[str], run: bool = True) -> BridgesegCLI:
         # Raised inside Lightning's own pytree helper by newer torch; nothing a user can act on.
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         return BridgesegCLI(
-            SegmentationModule,
+            SegmentationTask,
             SegmentationDataModule,
             args=list(argv),
             run=run,
