@@ -117,26 +117,43 @@ class Predictor(
         threads: int | None = None,
         precision: str = "auto",
     ) -> Predictor:
-        """Load a checkpoint folder, `.safetensors` or Lightning `.ckpt` (PyTorch), or an `.onnx` file.
+        """Load a checkpoint folder, `.safetensors` or Lightning `.ckpt` (PyTorch), or an exported model: `.onnx`
+        (ONNX Runtime, or OpenVINO with `runtime="openvino"`), `.xml` (OpenVINO IR) or `.pte` (ExecuTorch).
 
         Args:
             path: The checkpoint (see `bridgeseg.load_model`) or exported model.
             device: PyTorch device.
-            runtime: "torch" or "onnx"; default: "onnx" for `.onnx` files, else "torch".
-            threads: ONNX Runtime intra-op threads.
-            precision: "auto", "fp32" or "bf16" (PyTorch runtime; see `Predictor`).
+            runtime: "torch", "onnx", "openvino" or "executorch"; default: from the file
+                (`bridgeseg.runtime.runtime_for_path`).
+            threads: Threads of ONNX Runtime (intra-op), OpenVINO or ExecuTorch (XNNPACK).
+            precision: "auto", "fp32" or "bf16": for PyTorch see `Predictor`; OpenVINO runs bf16 only when asked
+                ("bf16"), fp32 for "auto" and "fp32"; ONNX Runtime and ExecuTorch run what the file holds.
 
         Raises:
             CheckpointError: The checkpoint cannot be loaded safely.
-            ImportError: ONNX Runtime is not installed (`pip install 'bridgeseg[onnx]'`).
-            ValueError: An unknown precision, or "bf16" with ONNX Runtime.
+            ImportError: The runtime is not installed (e.g. `pip install 'bridgeseg[onnx]'`).
+            ValueError: An unknown runtime or precision, or "bf16" with ONNX Runtime or ExecuTorch.
         """
-        runtime = runtime or ("onnx" if str(path).endswith(".onnx") else "torch")
-        if precision not in PRECISIONS or (runtime == "onnx" and precision == "bf16"):
+        from bridgeseg.runtime import RUNTIMES, runtime_for_path
+
+        runtime = runtime or runtime_for_path(path)
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+        bf16_runtimes = ("torch", "openvino")
+        if precision not in PRECISIONS or (runtime not in bf16_runtimes and precision == "bf16"):
             raise ValueError(
                 f"precision {precision!r} is not available for the {runtime} runtime; "
-                f"use {'auto or fp32' if runtime == 'onnx' else ', '.join(PRECISIONS)}"
+                f"use {', '.join(PRECISIONS) if runtime in bf16_runtimes else 'auto or fp32'}"
             )
+        if runtime == "openvino":
+            from bridgeseg.runtime.openvino import OpenVinoBackend
+
+            backend = OpenVinoBackend(path, precision="bf16" if precision == "bf16" else "fp32", threads=threads)
+            return cls(backend)
+        if runtime == "executorch":
+            from bridgeseg.runtime.executorch import ExecuTorchBackend
+
+            return cls(ExecuTorchBackend(path, threads=threads))
         if runtime == "onnx":
             from bridgeseg.onnx import OnnxBackend  # onnxruntime is an optional extra
 
@@ -147,7 +164,7 @@ class Predictor(
     def model(self) -> SegmentationModel:
         """The PyTorch model (PyTorch runtime only)."""
         if not isinstance(self.backend, TorchBackend):
-            raise AttributeError(f"{self.backend!r} runs on ONNX Runtime and has no PyTorch model")
+            raise AttributeError(f"{self.backend!r} runs an exported model and has no PyTorch model")
         return self.backend.model
 
     @property
@@ -166,7 +183,11 @@ class Predictor(
 
     @property
     def precision(self) -> str:
-        """The precision the forward runs in: "bf16" (autocast) or "fp32"."""
+        """The precision the forward runs in: "bf16" (autocast) or "fp32"; an exported model's backend says what it
+        runs ("int8" for a quantised graph; OpenVINO's "bf16" or "fp32" as compiled)."""
+        exported = getattr(self.backend, "precision", None)
+        if isinstance(exported, str):
+            return exported
         return "bf16" if getattr(self.backend, "autocast_dtype", None) == torch.bfloat16 else "fp32"
 
     @property

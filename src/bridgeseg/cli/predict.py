@@ -33,6 +33,7 @@ from bridgeseg.images import IMAGE_EXTENSIONS, load_image
 from bridgeseg.io import write_atomically
 from bridgeseg.models.inference import PRECISIONS
 from bridgeseg.predictor import Prediction, Predictor
+from bridgeseg.runtime import RUNTIMES, runtime_for_path
 from bridgeseg.visualize import overlay, palette
 from bridgeseg.vocabulary import parse_class_list
 
@@ -60,7 +61,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--crop-size", type=int, default=512, help="window side for --mode slide")
     parser.add_argument("--stride", type=int, default=341, help="window stride for --mode slide")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    parser.add_argument(
+        "--runtime",
+        choices=list(RUNTIMES),
+        help="default: from the file: .onnx onnx, .xml openvino, .pte executorch, else torch; an .onnx file also runs "
+        "on openvino",
+    )
     parser.add_argument(
         "--precision",
         choices=list(PRECISIONS),
@@ -159,17 +165,17 @@ class _Progress:
 
 
 def _load(args: argparse.Namespace) -> Predictor:
-    runtime = args.runtime
-    if runtime == "torch" and str(args.checkpoint).endswith(".onnx"):
-        logger.info("%s is an ONNX model: using the onnx runtime", args.checkpoint)
-        runtime = "onnx"
+    runtime = args.runtime or runtime_for_path(args.checkpoint)
+    if runtime == "torch" and runtime_for_path(args.checkpoint) != "torch":
+        runtime = runtime_for_path(args.checkpoint)
+        logger.info("%s is an exported model: using the %s runtime", args.checkpoint, runtime)
     try:
         return Predictor.from_checkpoint(
             args.checkpoint, device=check_device(args.device), runtime=runtime, precision=args.precision
         )
     except ImportError as error:
         raise ValueError(
-            f"the onnx runtime is unavailable ({error}); install it with `pip install bridgeseg[onnx]`"
+            f"the {runtime} runtime is unavailable ({error}); install it with `pip install bridgeseg[{runtime}]`"
         ) from error
 
 
