@@ -2,8 +2,9 @@
 
 For each image `<stem>` it writes `<out>/<stem>_mask.png` (class indices; a palette PNG, or 16-bit beyond 256
 classes), `<out>/<stem>_overlay.png` (colours and a legend) and `<out>/<stem>.json` (size and the share of each
-class present). Unreadable images, and images too large for the model as it would process them (padded to its
-size multiple), are reported and skipped. On a terminal a progress bar counts the images; otherwise (a log file,
+class present). Unreadable images, images too large for the model as it would process them (padded to its
+size multiple), and images whose logits would exceed the budget for the class list (`bridgeseg.budget`) are reported
+and skipped, before they are decoded. On a terminal a progress bar counts the images; otherwise (a log file,
 CI) one line is logged per image.
 
 It never replaces a file it did not write: existing outputs are refused before the model is loaded unless
@@ -28,7 +29,7 @@ from PIL import Image
 from torch import Tensor
 
 from bridgeseg.cli._options import add_checkpoint_argument, check_device
-from bridgeseg.errors import DatasetError, first_line
+from bridgeseg.errors import first_line
 from bridgeseg.images import IMAGE_EXTENSIONS, load_image
 from bridgeseg.io import write_atomically
 from bridgeseg.models.inference import PRECISIONS
@@ -98,8 +99,10 @@ def run(args: argparse.Namespace) -> int:
     written = failed = 0
     for path, stem in zip(inputs, stems, strict=True):
         try:
+            # The logits budget depends on the image's size: checked on its header, before it is decoded.
+            predictor.check_cost(path, classes, mode=args.mode, tta=args.tta, crop_size=args.crop_size)
             image = load_image(path, limits=predictor.size_limits())
-        except (DatasetError, OSError) as error:
+        except (ValueError, OSError) as error:
             progress.error(str(error) if str(path) in str(error) else f"{path}: {error}")
             failed += 1
             progress.advance(path, ok=False)
@@ -187,8 +190,12 @@ def _collect_images(patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
             images = [c for c in sorted(path.iterdir()) if c.is_file() and c.suffix.lower() in _PREDICT_EXTENSIONS]
             if not images:
                 problems.append(f"{pattern}: no image in this folder ({', '.join(_PREDICT_EXTENSIONS)})")
-        elif path.exists():
+        elif path.is_file():
             images = [path]
+        elif path.exists():
+            # A FIFO, socket or device: reading it would block or never end.
+            images = []
+            problems.append(f"{pattern}: not a regular file (a FIFO, socket or device); give image files or folders")
         elif glob.has_magic(pattern):
             matches = (Path(match) for match in sorted(glob.glob(pattern)))
             images = [m for m in matches if m.is_file() and m.suffix.lower() in _PREDICT_EXTENSIONS]
