@@ -371,7 +371,8 @@ def test_ordinary_images_are_segmented_in_one_pass() -> None:
 @pytest.fixture
 def small_tiles(monkeypatch: pytest.MonkeyPatch) -> int:
     """Tiles of 96 px with 32 px of context, so a 200 px image is tiled as a 25 Mpx one is."""
-    monkeypatch.setattr(budget, "MAX_TILE_SIDE", 96)
+    monkeypatch.setattr(budget, "ONE_PASS_SIDE", 96)
+    monkeypatch.setattr(budget, "TILE_SIDE", 96)
     monkeypatch.setattr(budget, "MIN_TILE_SIDE", 96)
     monkeypatch.setattr(loop, "TILE_CONTEXT", 32)
     return 96
@@ -385,9 +386,9 @@ def test_large_images_are_segmented_tile_by_tile_and_slide_gives_the_same_labels
     image = torch.rand(1, 3, 200, 230, generator=torch.Generator().manual_seed(0))
     embeddings = backend.text_embeddings(None)
     with torch.inference_mode():
-        monkeypatch.setattr(budget, "MAX_TILE_SIDE", 4096)
+        monkeypatch.setattr(budget, "ONE_PASS_SIDE", 4096)
         whole = loop.segment(backend, image, embeddings, "slide", crop_size=64, stride=40, flip=flip)
-        monkeypatch.setattr(budget, "MAX_TILE_SIDE", small_tiles)
+        monkeypatch.setattr(budget, "ONE_PASS_SIDE", small_tiles)
         inputs: list[tuple[int, int]] = []
         forward = backend.logits
         monkeypatch.setattr(

@@ -8,8 +8,8 @@ text encoder embeds a name or a pixel is decoded.
 
 What the loop holds depends on the mode (`bridgeseg.models.prediction.segment` follows the plan made here):
 
-- labels only, "whole": images above a tile are segmented tile by tile, each tile with `TILE_CONTEXT` pixels of
-  context on every side; the tile shrinks as the classes grow, so only the classes and the views count;
+- labels only, "whole": images above `ONE_PASS_SIDE`² are segmented tile by tile, each tile with `TILE_CONTEXT`
+  pixels of context on every side; the tile shrinks as the classes grow, so only the classes and the views count;
 - labels only, "slide": the windows' logits are accumulated one row of windows at a time, a band of `crop_size`
   rows by the image's width per view (exactly the result of accumulating the whole map);
 - probabilities, or multi-scale views: the whole `[K, H, W]` maps, as the result holds them.
@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 __all__ = [
     "MAX_LOGIT_VALUES",
-    "MAX_TILE_SIDE",
     "MIN_TILE_SIDE",
+    "ONE_PASS_SIDE",
     "TILE_CONTEXT",
+    "TILE_SIDE",
     "LogitsPlan",
     "check_logits_budget",
     "plan_logits",
@@ -40,10 +41,13 @@ MAX_LOGIT_VALUES = 2**28
 """Most float32 values (1 GiB) the per-class maps of one prediction may hold at once. COCO-Stuff's 171 classes at
 512 × 512 with flip TTA and probabilities hold 3 × 171 × 512² = 134 M; the 10,000-name list of issue 21 at 512 ×
 512 would hold 2.6 G (10.5 GB), and is refused."""
-MAX_TILE_SIDE = 1536
-"""Side of the largest tile segmented in one pass ("whole" mode, labels only): images of up to 1536 × 1536 pixels
-(a 1920 × 1080 frame) are segmented in one pass, exactly as before tiling; larger ones tile by tile, each pass
-holding the backbone's activations of one tile (about 170 MB per megapixel for EfficientNet-Lite0 on a CPU)."""
+ONE_PASS_SIDE = 1536
+"""Images of up to 1536 × 1536 pixels (a 1920 × 1080 frame) are segmented in one pass in "whole" mode, exactly as
+without tiling, and likewise "slide" accumulates their whole map; larger ones are tiled (labels only)."""
+TILE_SIDE = 1024
+"""Side of the tiles of a larger image in "whole" mode, context included: each pass holds the backbone's
+activations of one megapixel (about 170 MB per megapixel for EfficientNet-Lite0 on a CPU), so a 25 Mpx photo is
+segmented in under 2 GB."""
 MIN_TILE_SIDE = 512
 """The smallest tile: below it the context would outweigh the tile, and the class list is refused instead."""
 TILE_CONTEXT = 128
@@ -110,11 +114,12 @@ def plan_logits(
     maps = _maps(views, return_probs)
     # Tiles and bands hold one view's worth of rows at the image's own size; other scales resize the whole image.
     labels_only = not return_probs and scales == (1.0,)
-    large = width * height > MAX_TILE_SIDE * MAX_TILE_SIDE
+    large = width * height > ONE_PASS_SIDE * ONE_PASS_SIDE
     if labels_only and mode == "whole":
         fits = math.isqrt(budget // max(num_classes * maps, 1))
-        side = max(min(MAX_TILE_SIDE, fits - fits % _SIZE_MULTIPLE), MIN_TILE_SIDE)
-        if width * height > side * side:
+        fits -= fits % _SIZE_MULTIPLE
+        if width * height > min(ONE_PASS_SIDE, fits) ** 2:
+            side = max(min(TILE_SIDE, fits), MIN_TILE_SIDE)
             return LogitsPlan(num_classes * side * side * maps, side, False, _what(num_classes, side, side, maps))
     if labels_only and mode == "slide" and large and height > crop_size:
         # Per view the band being accumulated (two while it moves down), and the softmax of its finished rows.
