@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["colorize", "overlay", "palette"]
+__all__ = ["colorize", "overlay", "palette", "rgb_array"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +178,16 @@ def _as_label_array(labels: np.ndarray | torch.Tensor) -> np.ndarray:
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be an integer array [H, W], got {labels.dtype} {labels.shape}")
     return labels.astype(np.int64, copy=False)
+
+
+def rgb_array(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
+    """Any image `overlay` takes as uint8 RGB [H, W, 3]: a quarter of a float32 tensor's memory, converted in blocks
+    of rows.
+
+    Raises:
+        ValueError: An array or tensor of another shape.
+    """
+    return _as_rgb_array(image)
 
 
 def _as_rgb_array(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:

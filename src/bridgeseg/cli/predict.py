@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torch import Tensor
 
 from bridgeseg.cli._options import add_checkpoint_argument, check_device
 from bridgeseg.errors import first_line
@@ -34,7 +33,7 @@ from bridgeseg.images import IMAGE_EXTENSIONS, load_image
 from bridgeseg.io import write_atomically
 from bridgeseg.models.inference import PRECISIONS
 from bridgeseg.predictor import Prediction, Predictor
-from bridgeseg.visualize import overlay, palette
+from bridgeseg.visualize import overlay, palette, rgb_array
 from bridgeseg.vocabulary import parse_class_list
 
 logger = logging.getLogger(__name__)
@@ -117,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             progress.advance(path, ok=False)
             continue
+        # The overlay needs 8-bit colours only: the float image (four times larger) is freed before it is drawn.
+        image = rgb_array(image)
         # A ValueError (bad class list or options) would fail for every image, so it ends the command.
         _write_outputs(out_dir, stem, path, image, prediction)
         written += 1
@@ -262,7 +263,7 @@ def _sanitize_stem(name: str) -> str:
     return stem or "image"
 
 
-def _write_outputs(out_dir: Path, stem: str, path: Path, image: Tensor, prediction: Prediction) -> None:
+def _write_outputs(out_dir: Path, stem: str, path: Path, image: np.ndarray, prediction: Prediction) -> None:
     labels = prediction.labels
     num_classes = len(prediction.classes)
     if num_classes <= 256:
