@@ -12,7 +12,7 @@ from _compare_plan import DATASETS, HELDOUT_CLASSES, HELDOUT_DATASET
 
 def prepare_data(data_root: Path, datasets: set[str]) -> None:
     """Generate the mosaics the plan needs (reused when present) and the held-out copy of `mosaic`."""
-    from bridgeseg.demo import ensure_mosaic
+    from bridgeseg.app.demo import ensure_mosaic
 
     for name in sorted(datasets - {HELDOUT_DATASET}):
         ensure_mosaic(data_root / name, **DATASETS[name])

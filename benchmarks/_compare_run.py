@@ -19,7 +19,7 @@ from _compare_vocabulary import heldout_metrics, vocabulary_metrics
 
 def cli_arguments(run: Run, data_dir: Path, run_dir: Path) -> list[str]:
     """The `bridgeseg fit` arguments of `run`: the demo's config under the run's budget, seed and model options."""
-    from bridgeseg.demo import DEMO_CONFIG
+    from bridgeseg.app.demo import DEMO_CONFIG
 
     budget = run.budget
     overrides = {
@@ -51,8 +51,8 @@ def execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
     """Train and evaluate one run in this process; write and return its record."""
     import lightning.pytorch as pl
     import torch
+    from bridgeseg.engine.lightning import run_lightning_cli
 
-    from bridgeseg.engine.cli import run_lightning_cli
     from bridgeseg.io import write_atomically
     from bridgeseg.models.cost import cost_report
 

@@ -26,7 +26,7 @@ import torch
 from _results import script_main
 
 from bridgeseg.models import create_model
-from bridgeseg.onnx import EXPORTERS, check_parity, export_onnx
+from bridgeseg.runtime.onnx import EXPORTERS, check_parity, export_onnx
 
 logger = logging.getLogger("benchmarks.export_time")
 

@@ -25,7 +25,7 @@ all of them end with. Columns (milliseconds, medians):
 - ORT labels (naive): the full graph and an arg-max over [1, 150, H, W], as a user of a logits graph would;
 - ORT labels: the coarse graph, then the same labels step, as `bridgeseg predict --runtime onnx` does with a
   coarse export (`bridgeseg export --coarse-logits`);
-- ORT int8 labels: the same with the coarse graph quantised by `bridgeseg.quantization` (QDQ, per channel);
+- ORT int8 labels: the same with the coarse graph quantised by `bridgeseg.runtime.quantization` (QDQ, per channel);
 - bf16 labels: eager labels under bf16 autocast, only on CPUs where bf16 is fast (`bf16_is_fast`).
 
 Peers get the same runtimes, the same exporter and the same arg-max. Timing goes round-robin: every round runs
@@ -77,7 +77,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from bridgeseg.io import write_atomically  # noqa: E402
 from bridgeseg.models import create_model  # noqa: E402
 from bridgeseg.models.prediction import boundary_share, upsampled_argmax  # noqa: E402
-from bridgeseg.onnx import export_onnx, ort_session  # noqa: E402
+from bridgeseg.runtime.onnx import export_onnx, ort_session  # noqa: E402
 
 logger = logging.getLogger("benchmarks.latency")
 
@@ -208,7 +208,7 @@ def region_logits(coarse_size: tuple[int, int], size: tuple[int, int], regions: 
 
 def _optimized(model: nn.Module, ours: bool, images: Tensor) -> nn.Module:
     """The eager model as `Predictor` runs it (`optimize_for_inference`), and a peer folded the same way."""
-    from bridgeseg.models.inference import fold_batch_norms, optimize_for_inference
+    from bridgeseg.runtime.pytorch import fold_batch_norms, optimize_for_inference
 
     if ours:
         return optimize_for_inference(model)
@@ -253,7 +253,7 @@ def _quantize(fp32: Path, out: Path, size: int, images: int) -> Path:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader
 
-    from bridgeseg.quantization import quantize_graph
+    from bridgeseg.runtime.quantization import quantize_graph
 
     generator = np.random.default_rng(0)
     feeds = iter([{"images": generator.random((1, 3, size, size), dtype=np.float32)} for _ in range(images)])
@@ -405,7 +405,7 @@ def _time_round(entry: _Entry, record: bool) -> None:
 
 def bf16_available() -> bool:
     """Whether this CPU runs bf16 fast (the library's detector)."""
-    from bridgeseg.models.inference import bf16_is_fast
+    from bridgeseg.runtime.cpu import bf16_is_fast
 
     return bf16_is_fast()
 

@@ -31,8 +31,9 @@ from _evaluation import Predict, evaluate
 from _results import script_main
 
 from bridgeseg.checkpoints import load_model
-from bridgeseg.models.inference import bf16_is_fast
-from bridgeseg.models.prediction import TorchBackend, segment
+from bridgeseg.models.prediction import segment
+from bridgeseg.runtime.cpu import bf16_is_fast
+from bridgeseg.runtime.pytorch import TorchBackend
 
 logger = logging.getLogger("benchmarks.precision")
 

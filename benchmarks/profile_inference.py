@@ -1,5 +1,5 @@
 """Where eager PyTorch spends the CPU forward of `bridge` / EfficientNet-Lite0, before and after the inference
-optimisations (`bridgeseg.models.inference.optimize_for_inference`), and what they and the decoder stride buy.
+optimisations (`bridgeseg.runtime.cpu.optimize_for_inference`), and what they and the decoder stride buy.
 
 One run, at one size and thread count, batch 1, `torch.inference_mode`, 150 classes, random class embeddings of
 width 384 (no text encoder) and random weights (the time does not depend on them), models built as
@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from bridgeseg.models import SegmentationModel, create_model
-from bridgeseg.models.inference import bf16_is_fast, optimize_for_inference
+from bridgeseg.runtime.cpu import bf16_is_fast, optimize_for_inference
 
 logger = logging.getLogger("benchmarks.profile")
 

@@ -3,8 +3,8 @@
 With the model `make demo` trains (`outputs/demo/model`, `bridge` / EfficientNet-Lite0 on the mosaic
 `data/mosaic`), one run
 
-1. exports the fixed-vocabulary float32 ONNX model (`bridgeseg.onnx.export_onnx`) and quantises it to int8
-   (`bridgeseg.quantization.quantize_onnx`), calibrated on images of the mosaic's train split: the default, and
+1. exports the fixed-vocabulary float32 ONNX model (`bridgeseg.runtime.onnx.export_onnx`) and quantises it to int8
+   (`bridgeseg.runtime.quantization.quantize_onnx`), calibrated on images of the mosaic's train split: the default, and
    for the record of its choices two variants without them (`VARIANTS`);
 2. evaluates PyTorch, ORT float32 and ORT int8 on the mosaic's val split as validation does (`_evaluation.evaluate`:
    the val loader of `SegmentationDataModule`, the shared prediction loop `segment` on whole images, as the demo
@@ -40,10 +40,11 @@ from _evaluation import Predict, evaluate
 from _results import script_main
 
 from bridgeseg.checkpoints import load_model
-from bridgeseg.models.inference import cpuinfo_flags
-from bridgeseg.models.prediction import TorchBackend, segment
-from bridgeseg.onnx import OnnxBackend, export_onnx, ort_session, read_metadata
-from bridgeseg.quantization import quantize_onnx
+from bridgeseg.models.prediction import segment
+from bridgeseg.runtime.cpu import cpuinfo_flags
+from bridgeseg.runtime.onnx import OnnxBackend, export_onnx, ort_session, read_metadata
+from bridgeseg.runtime.pytorch import TorchBackend
+from bridgeseg.runtime.quantization import quantize_onnx
 
 logger = logging.getLogger("benchmarks.quantization")
 
@@ -166,7 +167,8 @@ def markdown(record: dict[str, Any]) -> str:
         f"`{record['command']}`",
         "",
         f"`bridge` / EfficientNet-Lite0 from `{record['model']}`, fixed-vocabulary export, "
-        f"{len(record['classes'])} classes. int8 (`bridgeseg.quantization.quantize_onnx`): weights int8 per channel, "
+        f"{len(record['classes'])} classes. int8 (`bridgeseg.runtime.quantization.quantize_onnx`): weights int8 "
+        "per channel, "
         f"activations uint8 calibrated (min / max) on {calibration['images']} train images at "
         f"{calibration['size']}×{calibration['size']}. onnxruntime {record['versions']['onnxruntime']}, torch "
         f"{record['versions']['torch']}; the CPU's int8-relevant flags: {', '.join(record['cpu_flags']) or 'none'}.",

@@ -31,12 +31,13 @@ from pathlib import Path
 import torch
 
 from bridgeseg.checkpoints import load_model
-from bridgeseg.models.inference import cpuinfo_flags
-from bridgeseg.models.prediction import TorchBackend, segment
-from bridgeseg.onnx import OnnxBackend, export_onnx
-from bridgeseg.quantization import quantize_onnx
+from bridgeseg.models.prediction import segment
+from bridgeseg.runtime.cpu import cpuinfo_flags
 from bridgeseg.runtime.executorch import ExecuTorchBackend, export_executorch
+from bridgeseg.runtime.onnx import OnnxBackend, export_onnx
 from bridgeseg.runtime.openvino import OpenVinoBackend, convert_onnx
+from bridgeseg.runtime.pytorch import TorchBackend
+from bridgeseg.runtime.quantization import quantize_onnx
 
 _FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
 

@@ -33,7 +33,7 @@ def _pinned_cpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     Tests of the detection itself call `detect_native_bf16` (the real query) with its cache cleared; tests of a
     branch pin `bf16_is_fast` themselves.
     """
-    from bridgeseg.models import inference
+    from bridgeseg.runtime import cpu as inference
 
     native = request.config.getoption("--native-bf16") == "yes"
     monkeypatch.setattr(inference, "bf16_is_fast", lambda: native)

@@ -18,12 +18,12 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from bridgeseg.app import AppLimits, create_app
+from bridgeseg.app.server import AppLimits, create_app
 from bridgeseg.checkpoints import save_checkpoint
 from bridgeseg.cli import main
 from bridgeseg.data.mosaic import render_val_mosaics
 from bridgeseg.models import create_model
-from bridgeseg.predictor import Predictor
+from bridgeseg.runtime.predictor import Predictor
 from bridgeseg.vocabulary import MAX_CLASSES
 
 CLASSES = ["sky", "grass", "cat"]

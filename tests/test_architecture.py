@@ -66,8 +66,9 @@ def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
 
 
 def test_no_import_cycle_among_the_modules() -> None:
-    # Imports inside functions count too: a circle hidden at run time is still a circle to a reader.
-    graph = grimp.build_graph("bridgeseg", exclude_type_checking_imports=True)
+    # Imports inside functions and imports for type hints (under TYPE_CHECKING) count too: a circle hidden at run
+    # time is still a circle to a reader.
+    graph = grimp.build_graph("bridgeseg", exclude_type_checking_imports=False)
     assert _cycles(graph) == []
 
 
@@ -89,34 +90,24 @@ def test_public_api_at_the_top_level() -> None:
     import bridgeseg
     from bridgeseg.checkpoints import load_model, save_checkpoint
     from bridgeseg.models import SegmentationModel, create_model
-    from bridgeseg.predictor import Prediction, Predictor
+    from bridgeseg.runtime.predictor import Prediction, Predictor
 
     assert bridgeseg.create_model is create_model and bridgeseg.SegmentationModel is SegmentationModel
     assert bridgeseg.load_model is load_model and bridgeseg.save_checkpoint is save_checkpoint
     assert bridgeseg.Predictor is Predictor and bridgeseg.Prediction is Prediction
-    with pytest.warns(DeprecationWarning, match="bridgeseg.Segmenter is now bridgeseg.Predictor"):
-        assert bridgeseg.Segmenter is Predictor
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(AttributeError, match="no attribute 'Segmentr'"):
-            bridgeseg.Segmentr  # noqa: B018
+        for gone in ("Segmentr", "Segmenter", "Segmentor"):  # a typo, and the names the last release deprecated
+            with pytest.raises(AttributeError, match=f"no attribute '{gone}'"):
+                getattr(bridgeseg, gone)
 
 
-def test_old_paths_warn_and_still_work() -> None:
+def test_the_deprecated_paths_are_gone() -> None:
+    # They were kept for one release; docs/layout.md says where each went.
     import importlib
-    import sys
 
     import pytest
 
-    from bridgeseg.checkpoints import load_model
-    from bridgeseg.engine.lightning import run_lightning_cli
-    from bridgeseg.predictor import Predictor
-
-    for name in ("bridgeseg.inference", "bridgeseg.export", "bridgeseg.engine.cli"):
-        sys.modules.pop(name, None)
-        with pytest.warns(DeprecationWarning, match="next release"):
-            module = importlib.import_module(name)
-        assert module.__name__ == name
-    assert sys.modules["bridgeseg.inference"].Segmenter is Predictor
-    assert sys.modules["bridgeseg.inference"].load_segmentor is load_model
-    assert sys.modules["bridgeseg.engine.cli"].run_lightning_cli is run_lightning_cli
+    for name in ("bridgeseg.inference", "bridgeseg.export", "bridgeseg.engine.cli", "bridgeseg.predictor"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(name)

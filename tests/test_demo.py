@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from bridgeseg.app.demo import DEMO_CONFIG, DEMO_OUT, QUICK_DEMO_OUT, ensure_mosaic, run_demo
 from bridgeseg.cli import main
 from bridgeseg.configs import CONFIG_DIR
-from bridgeseg.demo import DEMO_CONFIG, DEMO_OUT, QUICK_DEMO_OUT, ensure_mosaic, run_demo
 from bridgeseg.engine.lightning import run_lightning_cli
 from bridgeseg.errors import OutputExistsError
 

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from bridgeseg.cli.export import run as export_command
 from bridgeseg.models import create_model
-from bridgeseg.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
-from bridgeseg.predictor import Predictor
+from bridgeseg.runtime.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
+from bridgeseg.runtime.predictor import Predictor
 
 CLASSES = ["sky", "grass", "cat"]
 TEXT_DIM = 384
@@ -146,7 +146,7 @@ def test_onnx_predictor_matches_segmentor_predict(exported: dict) -> None:
 
 
 def test_onnx_predictor_embeds_new_classes_with_the_metadata_text_encoder(exported: dict, monkeypatch) -> None:
-    import bridgeseg.onnx
+    import bridgeseg.runtime.onnx
 
     model, path = exported[("bridge", True)]
     new_classes = ["dog", "tree", "road", "car", "boat"]
@@ -161,7 +161,7 @@ def test_onnx_predictor_embeds_new_classes_with_the_metadata_text_encoder(export
         requested.append(spec)
         return FakeEncoder()
 
-    monkeypatch.setattr(bridgeseg.onnx, "create_text_encoder", fake_create_text_encoder)
+    monkeypatch.setattr(bridgeseg.runtime.onnx, "create_text_encoder", fake_create_text_encoder)
     predictor = Predictor.from_checkpoint(path)
     image = torch.rand(3, 64, 96)
     prediction = predictor.predict(image, classes=new_classes, return_probs=True)
@@ -378,7 +378,7 @@ def test_export_replaces_an_existing_output_only_with_overwrite(exported: dict, 
 @pytest.mark.parametrize("opset", [5, 13, 99])
 def test_unsupported_opsets_are_refused_in_one_line_before_loading(opset: int, tmp_path, capsys) -> None:
     from bridgeseg.cli import main
-    from bridgeseg.onnx import OPSET_RANGE
+    from bridgeseg.runtime.onnx import OPSET_RANGE
 
     # The checkpoint does not exist: the opset is refused before anything is loaded.
     assert (

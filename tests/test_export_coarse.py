@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from bridgeseg.models.prediction import pad_to_multiple, segment
-from bridgeseg.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
-from bridgeseg.predictor import Predictor
+from bridgeseg.runtime.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
+from bridgeseg.runtime.predictor import Predictor
 from tests.models.test_prediction import counting_backend, fit_two_regions
 from tests.test_export import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, SIZES, _tiny
 

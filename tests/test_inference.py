@@ -23,7 +23,7 @@ from bridgeseg.checkpoints import (
 )
 from bridgeseg.images import to_tensor
 from bridgeseg.models import SegmentationModel, create_model
-from bridgeseg.predictor import Predictor
+from bridgeseg.runtime.predictor import Predictor
 from bridgeseg.visualize import colorize, overlay, palette
 from tests.conftest import CLASSES
 

@@ -165,7 +165,7 @@ def test_precision_option(checkpoint: Path, tmp_path: Path, monkeypatch, caplog,
     image = write_image(tmp_path / "in" / "x.png")
     monkeypatch.setattr(inference, "bf16_is_fast", lambda: False)  # as on a CPU without AVX512-BF16 or AMX
     assert predict(checkpoint, tmp_path / "fp32", image, options=("--precision", "fp32")) == 0
-    with caplog.at_level("WARNING", logger="bridgeseg.models.inference"):
+    with caplog.at_level("WARNING", logger="bridgeseg.runtime.cpu"):
         assert predict(checkpoint, tmp_path / "bf16", image, options=("--precision", "bf16")) == 0
     assert [record.getMessage() for record in caplog.records if "slower than fp32" in record.getMessage()]
     fp32_mask = np.asarray(Image.open(tmp_path / "fp32" / "x_mask.png"))

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from bridgeseg.errors import CheckpointError, DatasetError, UserError
-from bridgeseg.onnx import (
+from bridgeseg.runtime.onnx import (
     INT8_PROBE_TOLERANCE,
     PROBE_KEY,
     OnnxBackend,
@@ -19,8 +19,8 @@ from bridgeseg.onnx import (
     probe_tolerance,
     read_metadata,
 )
-from bridgeseg.predictor import Predictor
-from bridgeseg.quantization import calibration_images, load_calibration_image, quantize_onnx
+from bridgeseg.runtime.predictor import Predictor
+from bridgeseg.runtime.quantization import calibration_images, load_calibration_image, quantize_onnx
 from tests.test_export import CLASSES, _args, _tiny
 
 pytest.importorskip("onnxruntime.quantization")

@@ -20,14 +20,14 @@ import torch
 from PIL import Image
 
 import bridgeseg.checkpoints
-import bridgeseg.onnx
+import bridgeseg.runtime.onnx
 from bridgeseg.checkpoints import WEIGHTS_NAME, load_model, save_checkpoint
 from bridgeseg.cli import EXIT_INTERRUPTED, main
 from bridgeseg.engine.module import SegmentationTask
 from bridgeseg.errors import CheckpointError
 from bridgeseg.io import write_atomically
 from bridgeseg.models import create_model
-from bridgeseg.onnx import OnnxBackend, export_onnx
+from bridgeseg.runtime.onnx import OnnxBackend, export_onnx
 from tests.conftest import CLASSES
 from tests.engine.helpers import fit_args, load_checkpoint, make_folder_dataset, run_cli
 
@@ -294,7 +294,7 @@ def test_export_to_an_unwritable_place_fails_before_the_export(
     def no_export(*args, **kwargs):
         raise AssertionError("the model was exported before the destination was checked")
 
-    monkeypatch.setattr(bridgeseg.onnx, "_export_torchscript", no_export)
+    monkeypatch.setattr(bridgeseg.runtime.onnx, "_export_torchscript", no_export)
     (tmp_path / "file").write_text("a file, not a folder")
     target = tmp_path / "file" / "model.onnx"
     code, error = run_cli(capsys, "export", "--checkpoint", str(checkpoint), "--onnx", str(target))

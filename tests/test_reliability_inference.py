@@ -156,7 +156,7 @@ def test_predict_with_an_empty_class_list_is_one_line(
 
 @pytest.mark.parametrize("scales", [[0], [-1], [1.0, float("nan")], [float("inf")], ["1.5"]])
 def test_predict_refuses_scales_that_are_not_positive_finite_factors(checkpoint: Path, scales: list) -> None:
-    from bridgeseg.predictor import Predictor
+    from bridgeseg.runtime.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint)
     with pytest.raises(ValueError, match=r"^scales must be positive, finite resize factors such as \[0\.75, 1\.0"):

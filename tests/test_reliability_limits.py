@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bridgeseg import budget
-from bridgeseg.app import AppLimits, ClientError, _read_body, create_app
+from bridgeseg.app.server import AppLimits, ClientError, _read_body, create_app
 from bridgeseg.budget import MAX_LOGIT_VALUES, check_logits_budget, plan_logits
 from bridgeseg.checkpoints import save_checkpoint
 from bridgeseg.cli import main
@@ -31,7 +31,7 @@ from bridgeseg.errors import ImageError
 from bridgeseg.images import MAX_ASPECT_RATIO, MAX_MODEL_PIXELS, SizeLimits, check_size, processed_size
 from bridgeseg.models import create_model
 from bridgeseg.models import prediction as loop
-from bridgeseg.predictor import Predictor
+from bridgeseg.runtime.predictor import Predictor
 from bridgeseg.vocabulary import MAX_CLASS_NAME_LENGTH, MAX_CLASSES, parse_class_list
 
 CLASSES = ["salt, pepper", "grass", "cat"]  # a name with a comma: quoted on the command line
@@ -336,10 +336,10 @@ def test_the_api_and_serve_check_the_budget_on_the_header_before_decoding(
 ) -> None:
     many = [f"class {index}" for index in range(MAX_CLASSES)]
     image = png(1024, 1024)  # 1000 classes × 1 Mpx × 3 maps with probabilities: over the budget
-    monkeypatch.setattr("bridgeseg.predictor.to_tensor", lambda *args, **kwargs: pytest.fail("decoded"))
+    monkeypatch.setattr("bridgeseg.runtime.predictor.to_tensor", lambda *args, **kwargs: pytest.fail("decoded"))
     with pytest.raises(ValueError, match="do not ask for probabilities"):
         predictor.predict(image, classes=many, return_probs=True)
-    monkeypatch.setattr("bridgeseg.app.read_image", lambda *args, **kwargs: pytest.fail("decoded"))
+    monkeypatch.setattr("bridgeseg.app.server.read_image", lambda *args, **kwargs: pytest.fail("decoded"))
     response = upload(client, image, classes=",".join(many), mode="slide", tta="true")
     assert response.status_code == 400 and "over the budget" in response.json()["error"]
     assert AppLimits().max_classes == MAX_CLASSES

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import Any
 
 from bridgeseg._version import __version__
@@ -41,19 +40,12 @@ _HOMES = {
     "SegmentationModel": "bridgeseg.models",
     "load_model": "bridgeseg.checkpoints",
     "save_checkpoint": "bridgeseg.checkpoints",
-    "Predictor": "bridgeseg.predictor",
-    "Prediction": "bridgeseg.predictor",
+    "Predictor": "bridgeseg.runtime.predictor",
+    "Prediction": "bridgeseg.runtime.predictor",
 }
 
 
-# The names before the application layer was redesigned; they go in the next release.
-_OLD_NAMES = {"Segmenter": "Predictor", "Segmentor": "SegmentationModel"}
-
-
 def __getattr__(name: str) -> Any:
-    if name in _OLD_NAMES:
-        warnings.warn(f"bridgeseg.{name} is now bridgeseg.{_OLD_NAMES[name]}", DeprecationWarning, stacklevel=2)
-        name = _OLD_NAMES[name]
     if name in _HOMES:
         return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'bridgeseg' has no attribute {name!r}")

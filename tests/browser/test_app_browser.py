@@ -31,7 +31,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bridgeseg.app import EXAMPLES
+from bridgeseg.app.server import EXAMPLES
 from bridgeseg.data.mosaic import render_val_mosaics
 
 pytestmark = pytest.mark.browser

@@ -10,9 +10,10 @@ from timm.layers import BatchNormAct2d
 from torch import nn
 
 from bridgeseg import Predictor
-from bridgeseg.models import create_model, inference
-from bridgeseg.models.inference import optimize_for_inference, resolve_precision
-from bridgeseg.models.prediction import TorchBackend
+from bridgeseg.models import create_model
+from bridgeseg.runtime import cpu as inference
+from bridgeseg.runtime.cpu import resolve_precision
+from bridgeseg.runtime.pytorch import TorchBackend, optimize_for_inference
 from tests.conftest import CLASSES
 from tests.models.test_prediction import trained_tiny
 
@@ -172,7 +173,7 @@ def test_precision_resolves_to_bf16_only_where_fast(monkeypatch, caplog) -> None
     monkeypatch.setattr(inference, "bf16_is_fast", lambda: False)
     assert resolve_precision("auto") is None
     assert resolve_precision("fp32") is None
-    with caplog.at_level(logging.WARNING, logger="bridgeseg.models.inference"):
+    with caplog.at_level(logging.WARNING, logger="bridgeseg.runtime.cpu"):
         assert resolve_precision("bf16") is torch.bfloat16
     assert len(caplog.records) == 1 and "slower than fp32" in caplog.records[0].getMessage()
     monkeypatch.setattr(inference, "bf16_is_fast", lambda: True)

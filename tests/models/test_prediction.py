@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from bridgeseg.models import create_model, prediction
-from bridgeseg.models.prediction import TorchBackend, segment, upsampled_argmax
+from bridgeseg.models.prediction import segment, upsampled_argmax
+from bridgeseg.runtime.pytorch import TorchBackend
 from tests.conftest import CLASSES
 
 

@@ -15,8 +15,8 @@ import torch
 
 from bridgeseg.errors import CheckpointError
 from bridgeseg.models import create_model
-from bridgeseg.predictor import Predictor
 from bridgeseg.runtime.parity import compare_with_pytorch
+from bridgeseg.runtime.predictor import Predictor
 from tests.test_export import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, _tiny
 from tests.test_quantization import _scenes, calibration, trained  # noqa: F401 (fixtures)
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from bridgeseg.errors import CheckpointError
-from bridgeseg.onnx import export_onnx, read_metadata
-from bridgeseg.predictor import Predictor
+from bridgeseg.runtime.onnx import export_onnx, read_metadata
 from bridgeseg.runtime.parity import compare_with_pytorch
+from bridgeseg.runtime.predictor import Predictor
 from tests.test_export import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, _tiny
 from tests.test_quantization import _scenes, calibration, quantized, trained  # noqa: F401 (fixtures)
 

@@ -22,7 +22,6 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from bridgeseg._deprecated import renamed
 from bridgeseg._version import __version__
 from bridgeseg.cli import cost, data, demo, export, fit, predict, serve
 from bridgeseg.errors import UserError
@@ -107,6 +106,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_guarded(lambda: fit.run(argv), debug)
     args = build_parser().parse_args(argv)
     return _run_guarded(lambda: args.run(args), debug)
-
-
-__getattr__ = renamed(__name__, {"UserError": ("bridgeseg.errors.UserError", UserError)})

@@ -1,4 +1,4 @@
-"""`bridgeseg demo`: the offline quickstart (`bridgeseg.demo.run_demo`)."""
+"""`bridgeseg demo`: the offline quickstart (`bridgeseg.app.demo.run_demo`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from bridgeseg.demo import run_demo
+    from bridgeseg.app.demo import run_demo
 
     run_demo(args.out, quick=args.quick, overwrite=args.overwrite, data_dir=args.data)

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--format onnx needs --onnx FILE (the output .onnx file)")
     if args.out:
         raise UserError("--out is for --format safetensors; give the ONNX file with --onnx FILE")
-    from bridgeseg.onnx import check_opset, check_parity, export_onnx  # onnx is an optional extra
+    from bridgeseg.runtime.onnx import check_opset, check_parity, export_onnx  # onnx is an optional extra
 
     check_opset(args.opset, args.exporter)
     classes = parse_class_list(args.classes)
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         "output": output,
     }
     if args.int8:
-        from bridgeseg.quantization import calibration_images, quantize_onnx
+        from bridgeseg.runtime.quantization import calibration_images, quantize_onnx
 
         calibration_images(args.calibration, args.calibration_images)  # an empty folder fails before the export
         with tempfile.TemporaryDirectory(prefix="bridgeseg-export-") as work:

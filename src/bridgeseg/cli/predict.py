@@ -34,7 +34,7 @@ from bridgeseg.runtime import RUNTIMES
 if TYPE_CHECKING:
     import numpy as np
 
-    from bridgeseg.predictor import Prediction, Predictor
+    from bridgeseg.runtime.predictor import Prediction, Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +189,8 @@ class _Progress:
 
 
 def _load(args: argparse.Namespace) -> Predictor:
-    from bridgeseg.predictor import Predictor
     from bridgeseg.runtime import runtime_for_path
+    from bridgeseg.runtime.predictor import Predictor
 
     runtime = args.runtime or runtime_for_path(args.checkpoint)
     if runtime == "torch" and runtime_for_path(args.checkpoint) != "torch":

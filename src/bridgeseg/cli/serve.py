@@ -1,4 +1,4 @@
-"""`bridgeseg serve`: the web app (`bridgeseg.app`) on a local port."""
+"""`bridgeseg serve`: the web app (`bridgeseg.app.server`) on a local port."""
 
 from __future__ import annotations
 
@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
             f"(or run `bridgeseg demo` and use the demo model, {DEFAULT_CHECKPOINT})"
         )
     _check_port_free(args.host, args.port)
-    from bridgeseg.app import create_app
-    from bridgeseg.predictor import Predictor
+    from bridgeseg.app.server import create_app
+    from bridgeseg.runtime.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint)
     loopback = _is_loopback(args.host)

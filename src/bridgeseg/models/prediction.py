@@ -6,37 +6,32 @@ sliding-window inference (as mmseg), flip and multi-scale test-time augmentation
 probabilities. Large images are segmented in bounded memory, as `bridgeseg.budget.plan_logits` plans: "whole" tile
 by tile with context around each tile, "slide" one row of windows at a time (exactly as over the whole map).
 `SegmentationModel.predict`, `bridgeseg.Predictor` and validation during training run this loop with
-`TorchBackend`; the ONNX Runtime backend lives in `bridgeseg.onnx`.
+the model itself (`SegmentationModel` offers what a backend offers); `bridgeseg.runtime` holds the runtimes' backends.
 
 The padding rule (`pad_to_multiple`): images are padded on the bottom and right with the model's mean colour,
 which is 0 after normalisation, and masks with `IGNORE_INDEX`, so padding never counts in a loss or a metric.
 The model owns it (`SegmentationModel.pad`): `loss` and `predict` both use it.
 
 Example:
-    >>> labels = segment(TorchBackend(model), images, model.text_embeddings(["sky", "cat"]))  # doctest: +SKIP
+    >>> labels = segment(model, images, model.text_embeddings(["sky", "cat"]))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from bridgeseg.budget import TILE_CONTEXT, plan_logits
-from bridgeseg.models.inference import optimize_for_inference
-
-if TYPE_CHECKING:
-    from bridgeseg.models.methods.base import SegmentationModel
 
 __all__ = [
     "FULL_UPSAMPLING_ABOVE",
     "MODES",
     "LogitsBackend",
-    "TorchBackend",
     "boundary_share",
     "pad_to_multiple",
     "segment",
@@ -382,77 +377,3 @@ def segment(
     probs = probs.div_(views)
     labels = probs.argmax(dim=1)
     return (labels, probs) if return_probs else labels
-
-
-class TorchBackend:
-    """A `SegmentationModel` as a backend of `segment` (and of `bridgeseg.Predictor`).
-
-    Args:
-        model: The model; `segment` does not switch it to eval mode (`SegmentationModel.predict` does).
-        autocast_dtype: Run the forward under `torch.autocast` with this dtype (e.g. `torch.bfloat16`); the logits
-            come back as float32 either way. None: the model's own precision.
-        optimize: On a CPU, run an inference-optimised copy of the model (`optimize_for_inference`: BatchNorms
-            folded, channels last) instead of the model itself. The copy is made at the first forward and again
-            whenever the model's weights change (an optimiser step, `load_state_dict`, a move), so it never serves
-            stale weights; `model` itself is never changed. Off for training and validation.
-    """
-
-    runtime = "torch"
-
-    def __init__(
-        self, model: SegmentationModel, autocast_dtype: torch.dtype | None = None, optimize: bool = False
-    ) -> None:
-        self.model = model
-        self.autocast_dtype = autocast_dtype
-        self.optimize = optimize
-        self._optimized: tuple[tuple[tuple[int, int], ...], SegmentationModel] | None = None
-        # Fixed when the model is built.
-        self.size_multiple, self.method, self.classes = model.output_stride, model.method, list(model.classes)
-        self.open_vocabulary, self.text_encoder_name = model.open_vocabulary, model.config.text_encoder
-
-    # The model may move between devices: these follow it.
-    pixel_mean = property(lambda self: self.model.pixel_mean)
-    device = property(lambda self: self.model.pixel_mean.device)
-
-    @property
-    def precision(self) -> str:
-        """The precision the forward runs in: "bf16" (autocast) or "fp32"."""
-        return "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
-
-    def text_embeddings(self, classes: Sequence[str] | None) -> Tensor | None:
-        """The classes' embeddings [K, Dt] (default: the model's); None for a text-free model."""
-        return self.model.text_embeddings(classes)
-
-    def logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
-        return self._run(lambda network: network(images, text_embeddings))
-
-    def coarse_logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
-        """Logits before the final bilinear upsampling, [B, K, H/s, W/s]: for the exact fast labels path."""
-        return self._run(lambda network: network.coarse_logits(images, text_embeddings))
-
-    def _run(self, forward: Callable[[SegmentationModel], Tensor]) -> Tensor:
-        network = self._network()
-        if self.autocast_dtype is None:
-            return forward(network)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-            return forward(network).float()
-
-    def _network(self) -> SegmentationModel:
-        """The model, or its inference-optimised copy, remade when the model's weights have changed."""
-        if not self.optimize or self.device.type != "cpu" or self.model.training:
-            return self.model
-        weights = [*self.model.parameters(), *self.model.buffers()]
-        key = tuple((tensor.data_ptr(), _version(tensor)) for tensor in weights)
-        if self._optimized is None or self._optimized[0] != key:
-            try:
-                self._optimized = (key, optimize_for_inference(self.model))
-            except RuntimeError as error:
-                logger.warning("running %s without inference optimisations: %s", self.method, error)
-                self.optimize = False
-                return self.model
-        return self._optimized[1]
-
-
-def _version(tensor: Tensor) -> int:
-    """A tensor's in-place change counter; -1 for inference tensors, which keep none (their storage still counts)."""
-    return -1 if tensor.is_inference() else tensor._version

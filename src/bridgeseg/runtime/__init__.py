@@ -1,5 +1,7 @@
-"""Runtimes of the one prediction loop beyond PyTorch and ONNX Runtime: OpenVINO (`bridgeseg.runtime.openvino`) and
-ExecuTorch with XNNPACK (`bridgeseg.runtime.executorch`). Each module imports its runtime package only when used."""
+"""Inference on any runtime: the `Predictor` (`predictor`), and the backends of the one prediction loop — PyTorch
+(`pytorch`: the optimised copy, bf16 autocast), ONNX Runtime (`onnx`, with export and int8 `quantization`),
+OpenVINO (`openvino`) and ExecuTorch with XNNPACK (`executorch`) — with what the CPU offers (`cpu`). Each runtime's
+module imports its package only when used."""
 
 from __future__ import annotations
 

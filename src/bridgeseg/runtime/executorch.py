@@ -9,7 +9,7 @@ portable kernels, between delegated parts.
 
 The program is one file: the bridgeseg metadata (the same keys as an ONNX file's, plus ``input_size``, and the
 probe fingerprint recorded at that size) is a constant method, ``bridgeseg_metadata``, holding the UTF-8 JSON as
-uint8, so `ExecuTorchBackend` decodes and checks it as the other runtimes do (`bridgeseg.onnx.GraphBackend`).
+uint8, so `ExecuTorchBackend` decodes and checks it as the other runtimes do (`bridgeseg.runtime.onnx.GraphBackend`).
 
 Only the fixed-vocabulary form: the class list is baked in. Only one input size: `ExecuTorchBackend` pads smaller
 images (after the loop's padding to a multiple of 32) with the mean colour up to it and crops the logits back,
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from bridgeseg.errors import CheckpointError, first_line
 from bridgeseg.io import check_writable, write_atomically
-from bridgeseg.onnx import (
+from bridgeseg.runtime.onnx import (
     OUTPUTS,
     PROBE_KEY,
     SIZE_MULTIPLE,
@@ -70,7 +70,7 @@ def import_executorch() -> Any:
 
 def _calibration_batches(calibration: Any, num_images: int, size: tuple[int, int]) -> list[Tensor]:
     """Calibration images [1, 3, H, W]: the short side resized to cover (H, W), the centre cropped."""
-    from bridgeseg.quantization import calibration_images, load_calibration_image
+    from bridgeseg.runtime.quantization import calibration_images, load_calibration_image
 
     height, width = size
     batches = []

@@ -1,15 +1,16 @@
 """OpenVINO: convert an exported ONNX graph to an OpenVINO IR and run it as a prediction backend.
 
-The IR is made from the ONNX graph `bridgeseg.onnx.export_onnx` writes (`ov.convert_model`), float32 or the int8
-QDQ graph of `bridgeseg.quantization.quantize_onnx` (OpenVINO runs its QuantizeLinear / DequantizeLinear pairs as
-int8 operations), and saved uncompressed (float32 weights: `ov.save_model` would halve them to fp16 by default). The
-ONNX metadata is carried over as-is into the IR's runtime info (``<rt_info><bridgeseg>``), so `OpenVinoBackend`
-decodes and checks it exactly as `bridgeseg.onnx.OnnxBackend` does (the same `GraphBackend`): the classes, the
-vocabulary form, the logits stride and the probe fingerprint. `OpenVinoBackend` also opens a bridgeseg `.onnx` file
-directly (OpenVINO reads ONNX), whose metadata OpenVINO puts under ``framework``.
+The IR is made from the ONNX graph `bridgeseg.runtime.onnx.export_onnx` writes (`ov.convert_model`), float32 or the
+int8 QDQ graph of `bridgeseg.runtime.quantization.quantize_onnx` (OpenVINO runs its QuantizeLinear /
+DequantizeLinear pairs as int8 operations), and saved uncompressed (float32 weights: `ov.save_model` would halve
+them to fp16 by default). The ONNX metadata is carried over as-is into the IR's runtime info
+(``<rt_info><bridgeseg>``), so `OpenVinoBackend` decodes and checks it exactly as
+`bridgeseg.runtime.onnx.OnnxBackend` does (the same `GraphBackend`): the classes, the vocabulary form, the logits
+stride and the probe fingerprint. `OpenVinoBackend` also opens a bridgeseg `.onnx` file directly (OpenVINO reads
+ONNX), whose metadata OpenVINO puts under ``framework``.
 
-The IR keeps the ONNX graph's dynamic batch, height and width; the backend compiles one static-shape model per
-input shape it meets (OpenVINO runs static shapes faster) and keeps the last few.
+The IR keeps the ONNX graph's dynamic batch, height and width; the backend compiles one static-shape model per input
+shape it meets (OpenVINO runs static shapes faster) and keeps the last few.
 
 Precision: the CPU plugin's ``INFERENCE_PRECISION_HINT`` is always set, to ``f32`` unless bf16 is asked for
 (``precision="bf16"``). Left unset, OpenVINO picks bf16 by itself on CPUs with native bf16, and bridgeseg runs fp32
@@ -35,7 +36,7 @@ from torch import nn
 
 from bridgeseg.errors import CheckpointError, first_line
 from bridgeseg.io import check_writable, write_atomically
-from bridgeseg.onnx import INT8_PROBE_TOLERANCE, GraphBackend, decode_metadata, export_onnx
+from bridgeseg.runtime.onnx import INT8_PROBE_TOLERANCE, GraphBackend, decode_metadata, export_onnx
 
 __all__ = ["PRECISIONS", "OpenVinoBackend", "compile_config", "convert_onnx", "export_openvino", "import_openvino"]
 
@@ -82,7 +83,8 @@ def convert_onnx(onnx_path: str | os.PathLike[str], path: str | os.PathLike[str]
     """Convert a bridgeseg ONNX file (float32 or int8 QDQ) to an OpenVINO IR, with its metadata.
 
     Args:
-        onnx_path: A file written by `bridgeseg.onnx.export_onnx` or `bridgeseg.quantization.quantize_onnx`.
+        onnx_path: A file written by `bridgeseg.runtime.onnx.export_onnx` or
+            `bridgeseg.runtime.quantization.quantize_onnx`.
         path: The IR's `.xml` file; its weights go next to it, in the `.bin` of the same name.
 
     Returns:
@@ -148,7 +150,7 @@ def export_openvino(
         options = {"open_vocab": open_vocab, "classes": classes, "output": output}
         onnx_path = export_onnx(model, Path(work) / "float32.onnx", **options)
         if calibration is not None:
-            from bridgeseg.quantization import quantize_onnx
+            from bridgeseg.runtime.quantization import quantize_onnx
 
             onnx_path = quantize_onnx(onnx_path, Path(work) / "int8.onnx", calibration, **quantize_options)
         return convert_onnx(onnx_path, ov_path)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bridgeseg.onnx import GraphBackend, ParityReport
+from bridgeseg.runtime.onnx import GraphBackend, ParityReport
 
 __all__ = ["compare_with_pytorch"]
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bridgeseg.models.backbones import create_backbone
-from bridgeseg.models.prediction import TorchBackend, pad_to_multiple, segment
+from bridgeseg.models.prediction import pad_to_multiple, segment
 from bridgeseg.models.text import TextEncoder, create_text_encoder
 from bridgeseg.vocabulary import IGNORE_INDEX, check_vocabulary, validate_class_names
 
@@ -298,6 +298,21 @@ class SegmentationModel(nn.Module):
         """
         raise NotImplementedError
 
+    # -- what the prediction loop needs of a backend (`bridgeseg.models.prediction.LogitsBackend`) -------------
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides the network takes are multiples of this: its output stride."""
+        return self.output_stride
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def logits(self, images: Tensor, text_embeddings: Tensor | None = None) -> Tensor:
+        """The forward's logits at the input size, [B, K, H, W] (for the prediction loop)."""
+        return self(images, text_embeddings)
+
     def forward(self, images: Tensor, text_embeddings: Tensor | None = None) -> Tensor:
         """Pure-tensor path for export and FLOP counting.
 
@@ -377,7 +392,7 @@ class SegmentationModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return segment(TorchBackend(self), images, self.text_embeddings(classes), **options)
+            return segment(self, images, self.text_embeddings(classes), **options)
         finally:
             self.train(was_training)
 

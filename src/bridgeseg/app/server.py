@@ -1,6 +1,6 @@
 """The web app behind `bridgeseg serve`: a local page to try a model on an uploaded image or an example.
 
-One FastAPI app serves a small self-written page (``app_static/``: HTML, CSS and vanilla JS, nothing fetched
+One FastAPI app serves a small self-written page (``static/``: HTML, CSS and vanilla JS, nothing fetched
 from elsewhere, so it works without a network) and a JSON API:
 
 - ``GET /api/info``: the model's method, classes, whether it is open-vocabulary, and the server's limits;
@@ -42,14 +42,14 @@ import numpy as np
 from PIL import Image
 
 from bridgeseg import images, vocabulary
-from bridgeseg.demo import DEMO_DATA, OPEN_VOCABULARY_EXAMPLE
+from bridgeseg.app.demo import DEMO_DATA, OPEN_VOCABULARY_EXAMPLE
 from bridgeseg.errors import ImageError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from torch import Tensor
 
-    from bridgeseg.predictor import Predictor
+    from bridgeseg.runtime.predictor import Predictor
 
 __all__ = [
     "EXAMPLES",
@@ -430,7 +430,7 @@ def create_app(
     app = FastAPI(title="bridgeseg", docs_url=None, redoc_url=None, openapi_url=None)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
-    static = {name: (resources.files("bridgeseg") / "app_static" / name).read_bytes() for name in _STATIC_FILES}
+    static = {name: (resources.files("bridgeseg.app") / "static" / name).read_bytes() for name in _STATIC_FILES}
     model_lock = anyio.Lock()
     # Requests holding or waiting for the model; only the event loop's thread touches it.
     pending = {"count": 0}

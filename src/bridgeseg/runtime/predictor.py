@@ -32,9 +32,10 @@ from bridgeseg.checkpoints import CONFIG_NAME, WEIGHTS_NAME, load_model, save_ch
 from bridgeseg.errors import DatasetError, ImageError, first_line
 from bridgeseg.images import ImageInput, SizeLimits, check_size, image_size, to_tensor
 from bridgeseg.models import SegmentationModel
-from bridgeseg.models.inference import resolve_precision
-from bridgeseg.models.prediction import TorchBackend, segment
+from bridgeseg.models.prediction import segment
 from bridgeseg.options import DEFAULT_PRECISION, check_precision
+from bridgeseg.runtime.cpu import resolve_precision
+from bridgeseg.runtime.pytorch import TorchBackend
 from bridgeseg.vocabulary import check_class_count, describe_classes, validate_class_names
 
 __all__ = ["Prediction", "Predictor"]
@@ -75,15 +76,15 @@ class Predictor(
     """Segment images of any kind with a trained model, with its classes or (open vocabulary) any others.
 
     Args:
-        model: A `SegmentationModel` (run with PyTorch), or a backend such as `bridgeseg.onnx.OnnxBackend`.
+        model: A `SegmentationModel` (run with PyTorch), or a backend such as `bridgeseg.runtime.onnx.OnnxBackend`.
         limits: The largest image the model is asked to process, counted after padding and resizing (area and
             aspect ratio); images over it are refused before they are decoded. None: no limit but PIL's.
         precision: PyTorch runtime: "fp32" (the default, on every CPU), "bf16" (the forward under bf16 autocast;
             float32 logits; some labels change) or "auto": bf16 on a CPU with native bf16 (AVX512-BF16 or AMX,
-            `bridgeseg.models.inference.bf16_is_fast`), fp32 elsewhere. An explicit "bf16" where it is emulated
+            `bridgeseg.runtime.cpu.bf16_is_fast`), fp32 elsewhere. An explicit "bf16" where it is emulated
             works, slower, with a warning.
         optimize: PyTorch runtime on a CPU: predict with an inference-optimised copy of the model (BatchNorms
-            folded, channels last; `bridgeseg.models.inference.optimize_for_inference`), remade if the model's
+            folded, channels last; `bridgeseg.runtime.cpu.optimize_for_inference`), remade if the model's
             weights change. The model itself is never changed.
 
     Raises:
@@ -154,7 +155,7 @@ class Predictor(
 
             return cls(ExecuTorchBackend(path, threads=threads))
         if runtime == "onnx":
-            from bridgeseg.onnx import OnnxBackend  # onnxruntime is an optional extra
+            from bridgeseg.runtime.onnx import OnnxBackend  # onnxruntime is an optional extra
 
             return cls(OnnxBackend(path, threads=threads), precision=precision)
         return cls(load_model(path, device=device), precision=precision)

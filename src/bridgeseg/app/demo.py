@@ -14,7 +14,7 @@ MiniLM is a sentence encoder without image-text pretraining: it stands in for CL
 download. The mosaic is a stand-in too: its scores say the pipeline works, not how well it segments real scenes.
 
 Example:
-    >>> from bridgeseg.demo import run_demo
+    >>> from bridgeseg.app.demo import run_demo
     >>> metrics = run_demo("outputs/demo")  # doctest: +SKIP
 
 A quick run (`quick=True`, `bridgeseg demo --quick`) writes to `outputs/demo-quick` and never replaces a full
@@ -41,7 +41,7 @@ from bridgeseg.errors import OutputExistsError
 from bridgeseg.io import check_output_folder, refuse_existing, refuse_input_as_output
 
 if TYPE_CHECKING:
-    from bridgeseg.predictor import Predictor
+    from bridgeseg.runtime.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ def run_demo(
     from bridgeseg.checkpoints import save_checkpoint
     from bridgeseg.engine.lightning import run_lightning_cli
     from bridgeseg.engine.metrics import format_table
-    from bridgeseg.predictor import Predictor
+    from bridgeseg.runtime.predictor import Predictor
 
     start, cpu_start = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir if out_dir is not None else QUICK_DEMO_OUT if quick else DEMO_OUT)

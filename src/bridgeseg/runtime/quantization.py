@@ -1,11 +1,11 @@
 """int8 static quantisation of an exported ONNX model, with ONNX Runtime's own tools.
 
-`quantize_onnx` turns a float32 file written by `bridgeseg.onnx.export_onnx` into an int8 one: ONNX Runtime's
+`quantize_onnx` turns a float32 file written by `bridgeseg.runtime.onnx.export_onnx` into an int8 one: ONNX Runtime's
 pre-processing (`quant_pre_process`: ONNX shape inference, basic graph optimisation), then `quantize_static` in
 the QDQ format (QuantizeLinear / DequantizeLinear pairs around each quantised operator), weights int8 per output
 channel, activations uint8 with ranges calibrated (min / max) on training images. Shape arithmetic, the logits and
 the high-resolution stem stay float (see `quantize_onnx`). The result is a bridgeseg ONNX model like any other:
-the same inputs, outputs and metadata, with ``precision`` int8, so `bridgeseg.onnx.OnnxBackend` and
+the same inputs, outputs and metadata, with ``precision`` int8, so `bridgeseg.runtime.onnx.OnnxBackend` and
 `bridgeseg.Predictor.from_checkpoint` load it.
 
 Calibration runs the float model on a few training images and records the range of every activation; those
@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from bridgeseg.errors import DatasetError, DatasetNotFoundError
 from bridgeseg.images import IMAGE_EXTENSIONS, load_image
 from bridgeseg.io import check_writable, write_atomically
-from bridgeseg.onnx import (
+from bridgeseg.options import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_SIZE
+from bridgeseg.runtime.onnx import (
     PROBE_KEY,
     SIZE_MULTIPLE,
     encode_probe,
@@ -41,7 +42,6 @@ from bridgeseg.onnx import (
     probe_means,
     read_metadata,
 )
-from bridgeseg.options import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_SIZE
 
 __all__ = [
     "DEFAULT_CALIBRATION_IMAGES",
@@ -190,7 +190,7 @@ def quantize_onnx(
     """Quantise a float32 bridgeseg ONNX model to int8 (static, QDQ, per-channel weights), written atomically.
 
     Args:
-        fp32_path: A file written by `bridgeseg.onnx.export_onnx` (either form).
+        fp32_path: A file written by `bridgeseg.runtime.onnx.export_onnx` (either form).
         out_path: Destination `.onnx` file; it must not be `fp32_path`.
         calibration: A folder of training images, or a list of image files.
         num_images: Calibration images (spread evenly over the folder's sorted images).

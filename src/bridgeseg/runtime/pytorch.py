@@ -1,15 +1,14 @@
-"""Inference-only transforms of a trained model, and the bf16 choice for CPUs.
+"""The PyTorch runtime: a `SegmentationModel` as a backend of the one prediction loop, made fast for inference.
 
-`optimize_for_inference` returns a faster copy of an eval-mode `SegmentationModel` for prediction: every
+`TorchBackend` runs a model's forward for `bridgeseg.Predictor`, under bf16 autocast when asked
+(`bridgeseg.runtime.cpu.resolve_precision`), and on a CPU with an inference-optimised copy of the model.
+
+`optimize_for_inference` returns that faster copy of any eval-mode module with the model's interface: every
 BatchNorm that directly follows a convolution is folded into it (PyTorch's `fuse_conv_bn_eval`), which removes a
 full pass over each of those feature maps, and the weights are stored channels last, which oneDNN's CPU
 convolutions run faster in (see docs/inference.md for the measurements). The original model is left as it is, so
 training, validation and checkpoints never see the copy. The outputs equal the original's up to float rounding
 (checked on a sample when the copy is made).
-
-`bf16_is_fast` says whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere PyTorch emulates
-it and a bf16 forward is slower than fp32. `resolve_precision` turns the `precision` option of
-`bridgeseg.Predictor` ("fp32", the default; "bf16"; "auto") into an autocast dtype.
 
 Example:
     >>> fast = optimize_for_inference(model.eval())  # doctest: +SKIP
@@ -20,37 +19,21 @@ Example:
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 import torch
 from timm.layers import BatchNormAct2d
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from bridgeseg.options import PRECISIONS, check_precision
+from bridgeseg.models import SegmentationModel
 
-if TYPE_CHECKING:
-    from bridgeseg.models.methods.base import SegmentationModel
-
-__all__ = [
-    "PRECISIONS",
-    "bf16_is_fast",
-    "cpuinfo_flags",
-    "detect_native_bf16",
-    "fold_batch_norms",
-    "optimize_for_inference",
-    "resolve_precision",
-]
+__all__ = ["TorchBackend", "fold_batch_norms", "optimize_for_inference"]
 
 logger = logging.getLogger(__name__)
 
-# The CPU flags (as /proc/cpuinfo names them) of native bf16 arithmetic: AVX512-BF16 and AMX's bf16 tiles.
-_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # Side of the sample image the conv → BatchNorm pairs are found and the copy is checked on (a multiple of 32).
 _SAMPLE_SIZE = 64
 # Largest difference allowed between the copy's logits and the original's, relative to the logits' range.
@@ -187,64 +170,75 @@ def _check_same_logits(
         )
 
 
-# -- bf16 -----------------------------------------------------------------------------------------------------
+class TorchBackend:
+    """A `SegmentationModel` as a backend of `segment` (and of `bridgeseg.Predictor`).
 
-
-def bf16_is_fast() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so that a bf16 forward beats fp32.
-
-    The answer is detected once per process (`detect_native_bf16`); tests pin it, so that no outcome depends on the
-    CPU that runs them.
+    Args:
+        model: The model; `segment` does not switch it to eval mode (`SegmentationModel.predict` does).
+        autocast_dtype: Run the forward under `torch.autocast` with this dtype (e.g. `torch.bfloat16`); the logits
+            come back as float32 either way. None: the model's own precision.
+        optimize: On a CPU, run an inference-optimised copy of the model (`optimize_for_inference`: BatchNorms
+            folded, channels last) instead of the model itself. The copy is made at the first forward and again
+            whenever the model's weights change (an optimiser step, `load_state_dict`, a move), so it never serves
+            stale weights; `model` itself is never changed. Off for training and validation.
     """
-    return detect_native_bf16()
+
+    runtime = "torch"
+
+    def __init__(
+        self, model: SegmentationModel, autocast_dtype: torch.dtype | None = None, optimize: bool = False
+    ) -> None:
+        self.model = model
+        self.autocast_dtype = autocast_dtype
+        self.optimize = optimize
+        self._optimized: tuple[tuple[tuple[int, int], ...], SegmentationModel] | None = None
+        # Fixed when the model is built.
+        self.size_multiple, self.method, self.classes = model.output_stride, model.method, list(model.classes)
+        self.open_vocabulary, self.text_encoder_name = model.open_vocabulary, model.config.text_encoder
+
+    # The model may move between devices: these follow it.
+    pixel_mean = property(lambda self: self.model.pixel_mean)
+    device = property(lambda self: self.model.pixel_mean.device)
+
+    @property
+    def precision(self) -> str:
+        """The precision the forward runs in: "bf16" (autocast) or "fp32"."""
+        return "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
+
+    def text_embeddings(self, classes: Sequence[str] | None) -> Tensor | None:
+        """The classes' embeddings [K, Dt] (default: the model's); None for a text-free model."""
+        return self.model.text_embeddings(classes)
+
+    def logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
+        return self._run(lambda network: network(images, text_embeddings))
+
+    def coarse_logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
+        """Logits before the final bilinear upsampling, [B, K, H/s, W/s]: for the exact fast labels path."""
+        return self._run(lambda network: network.coarse_logits(images, text_embeddings))
+
+    def _run(self, forward: Callable[[SegmentationModel], Tensor]) -> Tensor:
+        network = self._network()
+        if self.autocast_dtype is None:
+            return forward(network)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            return forward(network).float()
+
+    def _network(self) -> SegmentationModel:
+        """The model, or its inference-optimised copy, remade when the model's weights have changed."""
+        if not self.optimize or self.device.type != "cpu" or self.model.training:
+            return self.model
+        weights = [*self.model.parameters(), *self.model.buffers()]
+        key = tuple((tensor.data_ptr(), _version(tensor)) for tensor in weights)
+        if self._optimized is None or self._optimized[0] != key:
+            try:
+                self._optimized = (key, optimize_for_inference(self.model))
+            except RuntimeError as error:
+                logger.warning("running %s without inference optimisations: %s", self.method, error)
+                self.optimize = False
+                return self.model
+        return self._optimized[1]
 
 
-@functools.cache
-def detect_native_bf16() -> bool:
-    """Ask the CPU whether it computes bfloat16 natively (cached: the CPU does not change while a process runs).
-
-    PyTorch's own CPU capability query is used; without it (older PyTorch), the flags of /proc/cpuinfo.
-    Elsewhere (AVX2, AVX512 without BF16, Arm, macOS) oneDNN emulates bf16 and it is slower than fp32.
-    """
-    queries = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if all(callable(query) for query in queries):
-        return any(bool(query()) for query in queries)
-    return bool(cpuinfo_flags() & _BF16_CPU_FLAGS)
-
-
-def cpuinfo_flags(path: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The CPU flags Linux reports; empty where there is no such file."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return set()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            flags.update(value.split())
-    return flags
-
-
-def resolve_precision(precision: str, device: torch.device | str = "cpu") -> torch.dtype | None:
-    """The autocast dtype of a `precision` option: None for fp32, `torch.bfloat16` for bf16.
-
-    "auto" (asked for; the default is fp32) is bf16 on a CPU that computes it natively (`bf16_is_fast`) and fp32
-    everywhere else (GPUs included: choose bf16 there explicitly). An explicit "bf16" on a CPU without native bf16
-    works but is slower than fp32, and says so once in the log.
-
-    Raises:
-        ValueError: An unknown precision.
-    """
-    check_precision(precision)
-    on_cpu = torch.device(device).type == "cpu"
-    if precision == "auto":
-        return torch.bfloat16 if on_cpu and bf16_is_fast() else None
-    if precision == "fp32":
-        return None
-    if on_cpu and not bf16_is_fast():
-        logger.warning(
-            "bf16 on this CPU is emulated (no AVX512-BF16 or AMX): it will be slower than fp32; "
-            "use --precision fp32 for speed"
-        )
-    return torch.bfloat16
+def _version(tensor: Tensor) -> int:
+    """A tensor's in-place change counter; -1 for inference tensors, which keep none (their storage still counts)."""
+    return -1 if tensor.is_inference() else tensor._version
