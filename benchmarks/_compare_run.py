@@ -51,8 +51,8 @@ def execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
     """Train and evaluate one run in this process; write and return its record."""
     import lightning.pytorch as pl
     import torch
-    from bridgeseg.engine.lightning import run_lightning_cli
 
+    from bridgeseg.engine.lightning import run_lightning_cli
     from bridgeseg.io import write_atomically
     from bridgeseg.models.cost import cost_report
 

@@ -33,10 +33,10 @@ def _pinned_cpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     Tests of the detection itself call `detect_native_bf16` (the real query) with its cache cleared; tests of a
     branch pin `bf16_is_fast` themselves.
     """
-    from bridgeseg.runtime import cpu as inference
+    from bridgeseg.runtime import cpu
 
     native = request.config.getoption("--native-bf16") == "yes"
-    monkeypatch.setattr(inference, "bf16_is_fast", lambda: native)
+    monkeypatch.setattr(cpu, "bf16_is_fast", lambda: native)
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from bridgeseg.errors import CheckpointError
 from bridgeseg.models import create_model
 from bridgeseg.runtime.parity import compare_with_pytorch
 from bridgeseg.runtime.predictor import Predictor
-from tests.test_export import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, _tiny
-from tests.test_quantization import _scenes, calibration, trained  # noqa: F401 (fixtures)
+from tests.runtime.test_onnx import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, _tiny
+from tests.runtime.test_quantization import _scenes, calibration, trained  # noqa: F401 (fixtures)
 
 pytest.importorskip(
     "executorch.runtime", reason="ExecuTorch is an optional runtime: pip install 'bridgeseg[executorch]'"
@@ -120,7 +120,8 @@ def test_int8_agrees_with_float32(trained: torch.nn.Module, calibration: Path, t
         expected = trained.predict(images)
     pairs = zip(images, expected, strict=True)
     agree = np.mean([(int8.predict(image).labels == labels.numpy()).mean() for image, labels in pairs])
-    # The bounds of ONNX Runtime's int8 (tests/test_quantization.py), which keeps the stem float; this quantises it.
+    # The bounds of ONNX Runtime's int8 (tests/runtime/test_quantization.py), which keeps the stem float; this
+    # quantises it.
     assert agree >= 0.98
     with torch.inference_mode():
         reference = trained(images, trained.text_embeddings(None))

@@ -14,8 +14,8 @@ from bridgeseg.errors import CheckpointError
 from bridgeseg.runtime.onnx import export_onnx, read_metadata
 from bridgeseg.runtime.parity import compare_with_pytorch
 from bridgeseg.runtime.predictor import Predictor
-from tests.test_export import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, _tiny
-from tests.test_quantization import _scenes, calibration, quantized, trained  # noqa: F401 (fixtures)
+from tests.runtime.test_onnx import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, _tiny
+from tests.runtime.test_quantization import _scenes, calibration, quantized, trained  # noqa: F401 (fixtures)
 
 openvino = pytest.importorskip("openvino", reason="OpenVINO is an optional runtime: pip install 'bridgeseg[openvino]'")
 
@@ -147,7 +147,7 @@ def test_int8_from_the_qdq_graph_agrees_with_float32(quantized: dict, tmp_path: 
     assert int8.precision == "int8" and read_metadata(int8_onnx)["precision"] == "int8"
     images, _ = _scenes(6, 96, 128, seed=2000)
     agree = np.mean([(int8.predict(image).labels == float32.predict(image).labels).mean() for image in images])
-    # The bounds of ONNX Runtime's int8 (tests/test_quantization.py): OpenVINO's int8 kernels round differently.
+    # The bounds of ONNX Runtime's int8 (tests/runtime/test_quantization.py): OpenVINO's int8 kernels round differently.
     assert agree >= 0.98
     embeddings = float32.backend.text_embeddings(None)
     reference = float32.backend.logits(images, embeddings)

@@ -11,7 +11,7 @@ from torch import nn
 
 from bridgeseg import Predictor
 from bridgeseg.models import create_model
-from bridgeseg.runtime import cpu as inference
+from bridgeseg.runtime import cpu
 from bridgeseg.runtime.cpu import resolve_precision
 from bridgeseg.runtime.pytorch import TorchBackend, optimize_for_inference
 from tests.conftest import CLASSES
@@ -136,47 +136,47 @@ def test_predictor_predicts_with_the_optimised_copy(class_embeddings: torch.Tens
 
 @pytest.fixture
 def fresh_detector():
-    inference.detect_native_bf16.cache_clear()
+    cpu.detect_native_bf16.cache_clear()
     yield
-    inference.detect_native_bf16.cache_clear()
+    cpu.detect_native_bf16.cache_clear()
 
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_detector_asks_pytorch(monkeypatch, fresh_detector, native: bool) -> None:
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    monkeypatch.setattr(inference, "cpuinfo_flags", lambda: pytest.fail("PyTorch's query answers first"))
-    assert inference.detect_native_bf16() is native
+    monkeypatch.setattr(cpu, "cpuinfo_flags", lambda: pytest.fail("PyTorch's query answers first"))
+    assert cpu.detect_native_bf16() is native
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: not native, raising=False)
-    assert inference.detect_native_bf16() is native  # asked once per process
+    assert cpu.detect_native_bf16() is native  # asked once per process
 
 
 def test_bf16_detector_falls_back_to_cpuinfo(monkeypatch, tmp_path, fresh_detector) -> None:
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16\n\nprocessor\t: 1\n")
-    assert inference.cpuinfo_flags(cpuinfo) >= {"avx2", "avx512f", "avx512_bf16"}
-    assert inference.cpuinfo_flags(tmp_path / "missing") == set()
-    monkeypatch.setattr(inference, "cpuinfo_flags", lambda: {"avx2", "fma"})
-    assert inference.detect_native_bf16() is False
-    inference.detect_native_bf16.cache_clear()
-    monkeypatch.setattr(inference, "cpuinfo_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
-    assert inference.detect_native_bf16() is True
+    assert cpu.cpuinfo_flags(cpuinfo) >= {"avx2", "avx512f", "avx512_bf16"}
+    assert cpu.cpuinfo_flags(tmp_path / "missing") == set()
+    monkeypatch.setattr(cpu, "cpuinfo_flags", lambda: {"avx2", "fma"})
+    assert cpu.detect_native_bf16() is False
+    cpu.detect_native_bf16.cache_clear()
+    monkeypatch.setattr(cpu, "cpuinfo_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
+    assert cpu.detect_native_bf16() is True
 
 
 def test_the_suite_pins_the_detection(request) -> None:
     # The autouse fixture of conftest.py answers for the CPU, so that no test depends on the one running it.
-    assert inference.bf16_is_fast() is (request.config.getoption("--native-bf16") == "yes")
+    assert cpu.bf16_is_fast() is (request.config.getoption("--native-bf16") == "yes")
 
 
 def test_precision_resolves_to_bf16_only_where_fast(monkeypatch, caplog) -> None:
-    monkeypatch.setattr(inference, "bf16_is_fast", lambda: False)
+    monkeypatch.setattr(cpu, "bf16_is_fast", lambda: False)
     assert resolve_precision("auto") is None
     assert resolve_precision("fp32") is None
     with caplog.at_level(logging.WARNING, logger="bridgeseg.runtime.cpu"):
         assert resolve_precision("bf16") is torch.bfloat16
     assert len(caplog.records) == 1 and "slower than fp32" in caplog.records[0].getMessage()
-    monkeypatch.setattr(inference, "bf16_is_fast", lambda: True)
+    monkeypatch.setattr(cpu, "bf16_is_fast", lambda: True)
     caplog.clear()
     assert resolve_precision("auto") is torch.bfloat16
     assert resolve_precision("fp32") is None
@@ -188,7 +188,7 @@ def test_precision_resolves_to_bf16_only_where_fast(monkeypatch, caplog) -> None
 
 @pytest.mark.parametrize("native", [False, True])
 def test_predictor_is_fp32_by_default_on_every_cpu(monkeypatch, class_embeddings: torch.Tensor, native: bool) -> None:
-    monkeypatch.setattr(inference, "bf16_is_fast", lambda: native)
+    monkeypatch.setattr(cpu, "bf16_is_fast", lambda: native)
     model = _model("bridge", class_embeddings)
     assert Predictor(model).precision == "fp32"
     assert Predictor(model, precision="auto").precision == ("bf16" if native else "fp32")

@@ -160,10 +160,10 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_precision_option(checkpoint: Path, tmp_path: Path, monkeypatch, caplog, capsys) -> None:
-    from bridgeseg.models import inference
+    from bridgeseg.runtime import cpu
 
     image = write_image(tmp_path / "in" / "x.png")
-    monkeypatch.setattr(inference, "bf16_is_fast", lambda: False)  # as on a CPU without AVX512-BF16 or AMX
+    monkeypatch.setattr(cpu, "bf16_is_fast", lambda: False)  # as on a CPU without AVX512-BF16 or AMX
     assert predict(checkpoint, tmp_path / "fp32", image, options=("--precision", "fp32")) == 0
     with caplog.at_level("WARNING", logger="bridgeseg.runtime.cpu"):
         assert predict(checkpoint, tmp_path / "bf16", image, options=("--precision", "bf16")) == 0
@@ -178,10 +178,10 @@ def test_precision_option(checkpoint: Path, tmp_path: Path, monkeypatch, caplog,
 
 @pytest.mark.parametrize("native", [False, True])
 def test_default_precision_is_fp32_and_recorded(checkpoint: Path, tmp_path: Path, monkeypatch, caplog, native) -> None:
-    from bridgeseg.models import inference
+    from bridgeseg.runtime import cpu
 
     image = write_image(tmp_path / "in" / "x.png")
-    monkeypatch.setattr(inference, "bf16_is_fast", lambda: native)
+    monkeypatch.setattr(cpu, "bf16_is_fast", lambda: native)
     with caplog.at_level("INFO", logger="bridgeseg.cli.predict"):
         assert predict(checkpoint, tmp_path / "default", image) == 0
         assert predict(checkpoint, tmp_path / "auto", image, options=("--precision", "auto")) == 0

@@ -21,7 +21,7 @@ from bridgeseg.runtime.onnx import (
 )
 from bridgeseg.runtime.predictor import Predictor
 from bridgeseg.runtime.quantization import calibration_images, load_calibration_image, quantize_onnx
-from tests.test_export import CLASSES, _args, _tiny
+from tests.runtime.test_onnx import CLASSES, _args, _tiny
 
 pytest.importorskip("onnxruntime.quantization")
 

@@ -370,7 +370,7 @@ def test_the_curl_examples_in_the_docs_work(client: TestClient, tmp_path: Path, 
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "street.jpg").write_bytes(png_bytes(64, 48))  # any accepted format under the name the doc uses
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "app.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "app.md").read_text()
     commands = [line.split("  #")[0] for line in docs.splitlines() if line.startswith("curl ")]
     assert len(commands) >= 3
     for command in commands:

@@ -12,7 +12,7 @@ from bridgeseg.models.prediction import pad_to_multiple, segment
 from bridgeseg.runtime.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
 from bridgeseg.runtime.predictor import Predictor
 from tests.models.test_prediction import counting_backend, fit_two_regions
-from tests.test_export import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, SIZES, _tiny
+from tests.runtime.test_onnx import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, SIZES, _tiny
 
 # Odd sizes: padded to multiples of 32 and cropped back, so the fast path's crop is exercised.
 ODD_SIZES = ((64, 64), (50, 70), (33, 97), (17, 5))
@@ -126,7 +126,7 @@ def test_only_single_view_whole_labels_take_the_coarse_path(coarse_exports: dict
 def test_export_command_writes_the_coarse_form(coarse_exports: dict, tmp_path, monkeypatch, capsys) -> None:
     from bridgeseg import checkpoints
     from bridgeseg.cli.export import run as export_command
-    from tests.test_export import _args
+    from tests.runtime.test_onnx import _args
 
     model = coarse_exports[("bridge", True, False)][0]
     monkeypatch.setattr(checkpoints, "load_model", lambda path, device="cpu": model)

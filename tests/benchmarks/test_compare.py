@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO / "benchmarks") not in sys.path:
     sys.path.insert(0, str(REPO / "benchmarks"))  # as when run as a script: the comparison's sibling modules
 

@@ -28,7 +28,7 @@ from bridgeseg.data import (
 )
 from tests.engine.helpers import CLASSES, fit_args, make_folder_dataset, run_cli
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "bridgeseg"
+SRC = Path(__file__).resolve().parents[2] / "src" / "bridgeseg"
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from bridgeseg.engine.module import SegmentationTask
 from bridgeseg.models import SegmentationModel
 from tests.engine.helpers import fit_args, load_checkpoint, make_folder_dataset, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -100,5 +100,5 @@ def test_demo_config_is_shipped() -> None:
     # Package data, so a wheel install runs the same recipe; a checkout reaches it through configs/mosaic too.
     assert DEMO_CONFIG.is_file()
     assert DEMO_CONFIG in MOSAIC_CONFIGS
-    checkout_path = Path(__file__).resolve().parents[1] / "configs" / "mosaic" / DEMO_CONFIG.name
+    checkout_path = Path(__file__).resolve().parents[2] / "configs" / "mosaic" / DEMO_CONFIG.name
     assert checkout_path.resolve() == DEMO_CONFIG.resolve()

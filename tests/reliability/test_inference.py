@@ -1,9 +1,10 @@
 """`bridgeseg predict` on bad and unusual inputs, and on a full disk.
 
 The policy differs from training on purpose: `predict` segments what it can, names every file it could not read on
-its own `error:` line and exits 1; a validation run stops at the first unreadable file (tests/test_reliability_data.py)
-because a metric over a silently smaller set would be wrong. tests/test_predict_cli.py and tests/test_inference.py
-cover checkpoints and in-memory images; this file covers image files of every kind and a full disk.
+its own `error:` line and exits 1; a validation run stops at the first unreadable file
+(tests/reliability/test_data.py) because a metric over a silently smaller set would be wrong.
+tests/cli/test_predict.py and tests/runtime/test_predictor.py cover checkpoints and in-memory images; this file
+covers image files of every kind and a full disk.
 """
 
 from __future__ import annotations

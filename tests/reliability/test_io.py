@@ -21,7 +21,7 @@ from bridgeseg.cli import main
 from bridgeseg.io import write_atomically
 from tests.engine.helpers import fit_args, load_checkpoint, make_folder_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OLD = b"the previous, complete version\n"
 
 SLOW_WRITER = textwrap.dedent(
