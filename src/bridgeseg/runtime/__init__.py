@@ -1,0 +1,1 @@
+"""Inference on any runtime, for sources beyond single images: video files (`bridgeseg.runtime.video`)."""
