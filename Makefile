@@ -28,8 +28,9 @@ $(STAMP): $(BASE_STAMP)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $@
 
+# `make demo` again retrains and replaces outputs/demo, as make rebuilds a target; `bridgeseg demo` alone refuses.
 demo: $(BASE_STAMP)
-	$(VENV)/bin/bridgeseg demo
+	$(VENV)/bin/bridgeseg demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q

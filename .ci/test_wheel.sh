@@ -40,6 +40,6 @@ start=$SECONDS
 "$work/venv/bin/bridgeseg" fit --config mosaic/bridge_efficientnet_lite0_128x128_600.yaml --trainer.max_steps 2 \
     --data.num_workers 0 --trainer.enable_progress_bar false
 echo "bridgeseg fit --config mosaic/...yaml --trainer.max_steps 2: $((SECONDS - start)) s"
-test -f outputs/demo/model/model.safetensors
+test -f outputs/demo-quick/model/model.safetensors
 test -f runs/mosaic/bridge_efficientnet_lite0_128x128_600/checkpoints/last.ckpt
 echo "the wheel works outside the source tree"

@@ -340,3 +340,80 @@ def test_serve_without_app_extra(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     monkeypatch.setitem(__import__("sys").modules, "uvicorn", None)
     assert main(["serve"]) == 2
     assert "pip install 'bridgeseg[app]'" in capsys.readouterr().err
+
+
+def test_unreadable_class_lists_get_a_400_not_a_500(client: TestClient) -> None:
+    huge = "x" * (200 * 1024)  # over the CSV reader's 128 KB field limit
+    for response in (
+        upload(client, png_bytes(), classes='"salt, pepper, cat'),
+        client.post("/api/segment", data={"example": "mosaic-val-1", "classes": huge}),  # urlencoded: no field cap
+    ):
+        assert response.status_code == 400, response.text
+    assert "double quote that is never closed" in upload(client, png_bytes(), classes='"salt, cat').json()["error"]
+    error = client.post("/api/segment", data={"example": "mosaic-val-1", "classes": huge}).json()["error"]
+    assert error.startswith("a class name is over 131072 characters long; give names of at most 100")
+
+
+def test_not_an_image_reads_well_with_and_without_a_format_list() -> None:
+    from bridgeseg.errors import ImageError
+    from bridgeseg.images import decode_bytes
+
+    with pytest.raises(ImageError, match=r"^not an image: upload an image file$"):
+        decode_bytes(b"plain text")
+    with pytest.raises(ImageError, match=r"^not an image: upload a PNG, JPEG file$"):
+        decode_bytes(b"plain text", ("PNG", "JPEG"))
+
+
+def test_the_curl_examples_in_the_docs_work(client: TestClient, tmp_path: Path, monkeypatch) -> None:
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "street.jpg").write_bytes(png_bytes(64, 48))  # any accepted format under the name the doc uses
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "app.md").read_text()
+    commands = [line.split("  #")[0] for line in docs.splitlines() if line.startswith("curl ")]
+    assert len(commands) >= 3
+    for command in commands:
+        words = shlex.split(command)[1:]
+        data, files = {}, {}
+        for flag, value in zip(words[:-1:2], words[1:-1:2], strict=True):
+            name, _, content = value.partition("=")
+            if flag == "-F" and content.startswith("@"):
+                files[name] = (content[1:], Path(content[1:]).read_bytes(), "image/jpeg")
+            elif flag == "-F":
+                files[name] = (None, content)
+            else:
+                assert flag in ("-d", "--data-urlencode"), flag
+                data[name] = content
+        assert words[-1] == "http://127.0.0.1:7860/api/segment"
+        response = client.post("/api/segment", data=data or None, files=files or None)
+        assert response.status_code == 200, (command, response.text)
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1"])
+def test_serve_refuses_a_port_out_of_range(port: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--checkpoint", str(tmp_path / "no-model"), "--port", port]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --port {port} is not a TCP port; give one from 1 to 65535, e.g. --port 7860\n"
+    )
+
+
+def test_serve_stops_on_ctrl_c_with_a_short_grace_period_and_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uvicorn
+
+    from bridgeseg.cli import serve
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "model")
+    options: dict = {}
+
+    def interrupted(app: object, **kwargs: object) -> None:
+        options.update(kwargs)
+        raise KeyboardInterrupt  # what uvicorn does after its own shutdown on SIGINT
+
+    monkeypatch.setattr(uvicorn, "run", interrupted)
+    monkeypatch.setattr(serve, "_check_port_free", lambda host, port: None)
+    caplog.set_level("INFO", logger="bridgeseg.cli.serve")
+    assert main(["serve", "--checkpoint", str(checkpoint)]) == 0
+    assert options["timeout_graceful_shutdown"] == serve.GRACEFUL_SHUTDOWN_S <= 2
+    assert caplog.records[-1].getMessage() == f"stopped serving {checkpoint}"

@@ -7,16 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from bridgeseg.cli import main
 from bridgeseg.configs import CONFIG_DIR
-from bridgeseg.demo import DEMO_CONFIG, ensure_mosaic, run_demo
+from bridgeseg.demo import DEMO_CONFIG, DEMO_OUT, QUICK_DEMO_OUT, ensure_mosaic, run_demo
 from bridgeseg.engine.lightning import run_lightning_cli
+from bridgeseg.errors import OutputExistsError
 
 MOSAIC_CONFIGS = sorted((CONFIG_DIR / "mosaic").glob("*.yaml"))
 
 
-def test_quick_demo_writes_metrics_checkpoint_and_overlays(tmp_path: Path) -> None:
-    out, data = tmp_path / "demo", tmp_path / "mosaic"
-    metrics = run_demo(out, quick=True, data_dir=data, num_train=6, num_val=2, size=64)
+def test_quick_demo_writes_metrics_checkpoint_and_overlays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out, data = tmp_path / QUICK_DEMO_OUT, tmp_path / "mosaic"
+    metrics = run_demo(quick=True, data_dir=data, num_train=6, num_val=2, size=64)  # its own default folder
 
     written = json.loads((out / "metrics.json").read_text())
     assert written == metrics
@@ -26,9 +29,39 @@ def test_quick_demo_writes_metrics_checkpoint_and_overlays(tmp_path: Path) -> No
     assert written["data"]["num_train"] == 6 and written["data"]["generated_now"]
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "config.json").is_file()
     overlays = sorted(p.name for p in (out / "overlays").glob("*.png"))
-    assert len([name for name in overlays if name.startswith("val_")]) == 2
+    assert [name for name in overlays if name.startswith("val_")] == ["val_00000.png", "val_00001.png"]
     assert "open_vocab_cat.png" in overlays and "photo_cat.png" in overlays
     assert written["overlays"]["photos"]["open_vocab_cat"]["classes"] == ["cat", "dog", "wall", "floor"]
+    assert not (tmp_path / DEMO_OUT).exists()
+
+    # A second run is refused before any work, unless --overwrite.
+    with pytest.raises(OutputExistsError, match=r"demo-quick already holds 4 of the output files \(metrics\.json, "):
+        run_demo(quick=True, data_dir=tmp_path / "unused")
+    assert not (tmp_path / "unused").exists()
+
+
+def test_quick_demo_never_replaces_a_full_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    full = tmp_path / "demo"
+    (full / "model").mkdir(parents=True)
+    (full / "metrics.json").write_text(json.dumps({"quick": False, "iterations": 600}))
+    before = (full / "metrics.json").read_bytes()
+    argv = ["demo", "--quick", "--out", str(full), "--data", str(tmp_path / "mosaic")]
+    assert main([*argv, "--overwrite"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {full} holds a full demo (600 iterations); a --quick run never replaces it, even with "
+        f"--overwrite: choose another --out (the default for --quick is {QUICK_DEMO_OUT})\n"
+    )
+    assert main(["demo", "--out", str(full), "--data", str(tmp_path / "mosaic")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {full} already holds 2 of the output files (metrics.json, model); pass --overwrite to replace "
+        "them, or choose another --out folder\n"
+    )
+    a_file = tmp_path / "notes"
+    a_file.write_text("mine")
+    assert main(["demo", "--quick", "--out", str(a_file), "--data", str(tmp_path / "mosaic")]) == 2
+    assert "--out must be a folder" in capsys.readouterr().err
+    assert (full / "metrics.json").read_bytes() == before and a_file.read_text() == "mine"
+    assert not (tmp_path / "mosaic").exists()
 
 
 def test_mosaic_is_reused_only_with_the_same_parameters(tmp_path: Path) -> None:

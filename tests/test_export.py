@@ -203,6 +203,7 @@ def _args(**values: object) -> argparse.Namespace:
         "format": None,
         "out": None,
         "onnx": None,
+        "overwrite": False,
         "classes": None,
         "open_vocab": False,
         "opset": 18,
@@ -316,3 +317,98 @@ def test_the_torchscript_exporter_is_still_there(tmp_path) -> None:
             pytest.fail(f"{removed}; it failed with: {error}")
     # Its deprecation is not hidden from users (docs/export.md says what replaces it).
     assert any(issubclass(w.category, DeprecationWarning) and "TorchScript" in str(w.message) for w in caught)
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_export_never_replaces_its_own_input(exported: dict, tmp_path, capsys) -> None:
+    from bridgeseg.checkpoints import save_checkpoint
+    from bridgeseg.cli import main
+
+    folder = save_checkpoint(exported[("bridge", True)][0], tmp_path / "model")
+    weights = folder / "model.safetensors"
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(weights)
+    before = {path: _sha256(path) for path in folder.iterdir()}
+    cases = [
+        ["--checkpoint", str(folder), "--onnx", str(weights)],  # a file of the checkpoint folder
+        ["--checkpoint", str(weights), "--onnx", str(weights)],
+        ["--checkpoint", str(weights), "--onnx", str(link)],  # the same file through a symbolic link
+        ["--checkpoint", str(folder), "--onnx", str(tmp_path / "x" / ".." / "model" / "new.onnx")],  # inside it
+        ["--checkpoint", str(folder), "--format", "safetensors", "--out", str(folder)],
+        ["--checkpoint", str(weights), "--format", "safetensors", "--out", str(folder)],
+    ]
+    for argv in cases:
+        assert main(["export", *argv, "--overwrite"]) == 2, argv  # --overwrite does not lift it
+        error = capsys.readouterr().err
+        assert error.startswith("error: the output ") and "refused even with --overwrite" in error, error
+        assert error.count("\n") == 1
+    assert {path: _sha256(path) for path in folder.iterdir()} == before
+    assert not (folder / "new.onnx").exists()
+
+
+def test_export_replaces_an_existing_output_only_with_overwrite(exported: dict, tmp_path, monkeypatch, capsys) -> None:
+    from bridgeseg.cli import export
+
+    monkeypatch.setattr(export, "load_model", lambda path, device="cpu": exported[("fpn", False)][0])
+    existing = tmp_path / "mine.onnx"
+    existing.write_bytes(b"the user's file")
+    with pytest.raises(ValueError, match=r"mine\.onnx already exists; pass --overwrite to replace it, or choose anoth"):
+        export_command(_args(onnx=str(existing)))
+    assert existing.read_bytes() == b"the user's file"
+    assert export_command(_args(onnx=str(existing), overwrite=True)) == 0
+    assert read_metadata(existing)["method"] == "fpn"
+
+    folder = tmp_path / "converted"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"converted already holds 1 of the output files \(config\.json\); pass --ov"):
+        export_command(_args(format="safetensors", out=str(folder)))
+    assert (folder / "config.json").read_text() == "{}"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match=r"--out .*file is a file; --out must be a folder"):
+        export_command(_args(format="safetensors", out=str(a_file)))
+
+
+@pytest.mark.parametrize("opset", [5, 13, 99])
+def test_unsupported_opsets_are_refused_in_one_line_before_loading(opset: int, tmp_path, capsys) -> None:
+    from bridgeseg.cli import main
+    from bridgeseg.onnx import OPSET_RANGE
+
+    # The checkpoint does not exist: the opset is refused before anything is loaded.
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(tmp_path / "none"),
+                "--onnx",
+                str(tmp_path / "m.onnx"),
+                "--opset",
+                str(opset),
+            ]
+        )
+        == 2
+    )
+    supported = OPSET_RANGE["torchscript"]
+    assert capsys.readouterr().err == (
+        f"error: --opset {opset} is not supported by the torchscript exporter with this PyTorch: use 14 to "
+        f"{supported.stop - 1}; the default is 18\n"
+    )
+    assert 18 in supported and 18 in OPSET_RANGE["dynamo"]
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_onnx_file_given_to_export_is_explained(exported: dict, capsys) -> None:
+    from bridgeseg.cli import main
+
+    path = exported[("fpn", False)][1]
+    assert main(["export", "--checkpoint", str(path), "--format", "safetensors", "--out", str(path.parent / "c")]) == 2
+    error = capsys.readouterr().err
+    assert "an ONNX model, not a PyTorch checkpoint" in error and "--runtime" not in error
+    assert "`bridgeseg export` needs the model folder, .safetensors or .ckpt it was exported from" in error

@@ -193,3 +193,34 @@ def test_default_precision_is_fp32_and_recorded(checkpoint: Path, tmp_path: Path
     with pytest.raises(SystemExit) as exit_info:
         predict(checkpoint, tmp_path / "bad", image, options=("--precision", "fp16"))
     assert exit_info.value.code == 2
+
+
+def test_out_that_is_a_file_and_onnx_runtime_on_a_folder_are_explained(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = write_image(tmp_path / "in" / "x.png")
+    a_file = tmp_path / "results"
+    a_file.write_text("the user's notes")
+    assert predict(checkpoint, a_file, image) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: --out {a_file} is a file; --out must be a folder (a new or an existing one)\n"
+    )
+    assert a_file.read_text() == "the user's notes"
+
+    assert predict(checkpoint, tmp_path / "out", image, options=("--runtime", "onnx")) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"error: {checkpoint} is a folder; the onnx runtime runs one .onnx file: export it with `bridgeseg export "
+        f"--checkpoint {checkpoint} --onnx model.onnx` and pass model.onnx (the folder runs as it is with PyTorch)\n"
+    )
+
+
+def test_progress_lines_say_what_the_time_measures(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    image = write_image(tmp_path / "a.png")
+    caplog.set_level("INFO", logger="bridgeseg.cli.predict")
+    assert predict(checkpoint, tmp_path / "out", image) == 0
+    (line,) = [record.getMessage() for record in caplog.records if record.name == "bridgeseg.cli.predict"]
+    assert line.startswith(f"[1/1] {image} done (") and line.endswith(" s since the first image)")

@@ -222,7 +222,7 @@ def test_cli_reports_an_empty_calibration_folder_in_one_line_and_keeps_the_outpu
     existing = tmp_path / "model.onnx"
     existing.write_bytes(b"the user's file")
     argv = ["export", "--checkpoint", str(checkpoint), "--onnx", str(existing), "--int8", "--calibration", str(empty)]
-    assert main(argv) == 2
+    assert main([*argv, "--overwrite"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: calibration folder") and "holds no image" in error and "\n" not in error
     assert existing.read_bytes() == b"the user's file"

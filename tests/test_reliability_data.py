@@ -361,3 +361,26 @@ def test_validation_over_a_folder_with_an_unreadable_image_stops_with_its_path(
     (data / "images" / "val" / "002.png").write_bytes(b"")
     report = create_dataset("folder", root=data, split="val").check(decode_images=True, raise_on_error=False)
     assert [Path(problem.split(":")[0]).name for problem in report.problems] == ["001.png", "002.png"]
+
+
+def test_data_replaces_a_generated_dataset_only_with_overwrite(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "mosaic"
+    argv = ["data", "mosaic", "--out", str(out), "--num-train", "1", "--num-val", "1", "--size", "32"]
+    assert run_cli(capsys, *argv)[0] == 0
+    meta = (out / "meta.json").read_bytes()
+    code, error = run_cli(capsys, *argv, "--seed", "1")
+    assert code == 2 and error == (
+        f"error: {out} already holds 4 of the output files (meta.json, classes.txt, images and 1 more); pass "
+        "--overwrite to replace them, or choose another --out folder"
+    )
+    assert (out / "meta.json").read_bytes() == meta
+    assert run_cli(capsys, *argv, "--seed", "1", "--overwrite")[0] == 0
+    assert (out / "meta.json").read_bytes() != meta
+    # A folder of the user's own is never emptied, --overwrite or not; a file as --out is named as such.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    code, error = run_cli(capsys, "data", "mosaic", "--out", str(mine), "--overwrite")
+    assert code == 2 and "is not empty and was not written by" in error and (mine / "notes.txt").exists()
+    code, error = run_cli(capsys, "data", "nuclei", "--out", str(mine / "notes.txt"))
+    assert code == 2 and error.endswith("notes.txt is a file; --out must be a folder (a new or an existing one)")

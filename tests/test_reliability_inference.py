@@ -152,3 +152,29 @@ def test_predict_with_an_empty_class_list_is_one_line(
     argv = ["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--classes", classes]
     assert main([*argv, str(tmp_path / "x.png")]) == 2
     assert capsys.readouterr().err.strip() == "error: the class list is empty; give at least one class name"
+
+
+@pytest.mark.parametrize("scales", [[0], [-1], [1.0, float("nan")], [float("inf")], ["1.5"]])
+def test_predict_refuses_scales_that_are_not_positive_finite_factors(checkpoint: Path, scales: list) -> None:
+    from bridgeseg.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match=r"^scales must be positive, finite resize factors such as \[0\.75, 1\.0"):
+        predictor.predict(np.zeros((32, 32, 3), dtype=np.uint8), scales=scales)
+    assert predictor.predict(np.zeros((32, 32, 3), dtype=np.uint8), scales=[np.float32(0.5), 1]).labels.shape == (
+        32,
+        32,
+    )
+
+
+@pytest.mark.parametrize("classes", ['"salt, pepper, cat', 'sky, "grass"x'])
+def test_predict_refuses_an_unbalanced_quote_in_the_class_list(
+    classes: str, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    argv = ["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--classes", classes]
+    assert main([*argv, str(tmp_path / "x.png")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: the class list ") and error.count("\n") == 1
+    assert """quote a name that holds a comma as '"salt, pepper", cat'""" in error
+    assert not (tmp_path / "out").exists()

@@ -46,6 +46,7 @@ __all__ = [
     "FORMAT_VERSION",
     "WEIGHTS_NAME",
     "CheckpointError",
+    "checkpoint_files",
     "convert_checkpoint",
     "load_model",
     "save_checkpoint",
@@ -166,7 +167,9 @@ def load_model(
         config, state = _read_safetensors(path)
     elif path.suffix == ".onnx":
         raise CheckpointError(
-            f"{path}: an ONNX model runs with onnxruntime: use `--runtime onnx` or `Predictor.from_checkpoint`"
+            f"{path}: an ONNX model, not a PyTorch checkpoint: `bridgeseg predict`, `bridgeseg serve` and "
+            "`Predictor.from_checkpoint` run it as it is; `bridgeseg export` needs the model folder, .safetensors or "
+            ".ckpt it was exported from"
         )
     else:
         config, state = _read_training_checkpoint(path)
@@ -334,6 +337,20 @@ def _few(names: Sequence[str], limit: int = 5) -> str:
     if not names:
         return "none"
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
+    """What `load_model(path)` reads: the folder, or the file and the `config.json` beside a `.safetensors`.
+
+    A command that writes next to a checkpoint compares its outputs with these (`bridgeseg.io.refuse_input_as_output`)
+    so that it never replaces the checkpoint it reads.
+    """
+    path = Path(path)
+    if path.name == CONFIG_NAME:
+        return [path.parent]
+    if path.suffix == ".safetensors":
+        return [path, path.parent / CONFIG_NAME]
+    return [path]
 
 
 def convert_checkpoint(src: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:

@@ -16,6 +16,9 @@ download. The mosaic is a stand-in too: its scores say the pipeline works, not h
 Example:
     >>> from bridgeseg.demo import run_demo
     >>> metrics = run_demo("outputs/demo")  # doctest: +SKIP
+
+A quick run (`quick=True`, `bridgeseg demo --quick`) writes to `outputs/demo-quick` and never replaces a full
+demo; an earlier demo in the output folder is replaced only with `overwrite=True` (`--overwrite`).
 """
 
 from __future__ import annotations
@@ -34,13 +37,24 @@ import numpy as np
 from PIL import Image
 
 from bridgeseg.configs import CONFIG_DIR
+from bridgeseg.errors import OutputExistsError
+from bridgeseg.io import check_output_folder, refuse_existing, refuse_input_as_output
 
 if TYPE_CHECKING:
     from bridgeseg.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEMO_CONFIG", "DEMO_DATA", "OPEN_VOCABULARY_EXAMPLE", "PHOTO_EXAMPLES", "ensure_mosaic", "run_demo"]
+__all__ = [
+    "DEMO_CONFIG",
+    "DEMO_DATA",
+    "DEMO_OUT",
+    "OPEN_VOCABULARY_EXAMPLE",
+    "PHOTO_EXAMPLES",
+    "QUICK_DEMO_OUT",
+    "ensure_mosaic",
+    "run_demo",
+]
 
 # The demo's recipe, shipped with the package: a wheel install and a source checkout run the same one.
 DEMO_CONFIG = CONFIG_DIR / "mosaic" / "bridge_efficientnet_lite0_128x128_600.yaml"
@@ -51,6 +65,11 @@ DEMO_DATA: dict[str, Any] = {"num_train": 400, "num_val": 100, "size": 192, "see
 PHOTO_EXAMPLES = ("cat", "coffee cup", "astronaut", "brick wall")
 # A photo and a class list the model never trained on ("dog", "wall", "floor" are not mosaic classes).
 OPEN_VOCABULARY_EXAMPLE = ("cat", ("cat", "dog", "wall", "floor"))
+# A quick run has a folder of its own, so that the smoke test never lands on the model `make demo` trained.
+DEMO_OUT = "outputs/demo"
+QUICK_DEMO_OUT = "outputs/demo-quick"
+# What a demo writes into its folder; any of them there means an earlier demo.
+_DEMO_OUTPUTS = ("metrics.json", "model", "overlays", "run")
 _NUM_VAL_OVERLAYS = 8
 _QUICK_STEPS = 3
 
@@ -151,6 +170,30 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 2)
 
 
+def _check_out_dir(out_dir: Path, data_dir: Path, quick: bool, overwrite: bool) -> None:
+    """Refuse to replace an earlier demo without `overwrite`, and a full demo with a quick one at all.
+
+    A quick run is a smoke test of 3 iterations: its model is worthless, so it never replaces a full demo's model
+    and metrics, `--overwrite` or not. Any other earlier demo in `out_dir` is replaced only with `overwrite`.
+
+    Raises:
+        OutputExistsError: `out_dir` is a file or the data folder, or holds a demo that may not be replaced.
+    """
+    check_output_folder(out_dir)
+    refuse_input_as_output(out_dir, [data_dir], "--out")
+    if quick:
+        try:
+            earlier = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            earlier = None
+        if isinstance(earlier, dict) and earlier.get("quick") is False:
+            raise OutputExistsError(
+                f"{out_dir} holds a full demo ({earlier.get('iterations')} iterations); a --quick run never replaces "
+                f"it, even with --overwrite: choose another --out (the default for --quick is {QUICK_DEMO_OUT})"
+            )
+    refuse_existing((out_dir / name for name in _DEMO_OUTPUTS), overwrite, "--out", folder=out_dir)
+
+
 def _val_overlays(predictor: Predictor, data_dir: Path, out_dir: Path, count: int) -> list[Path]:
     """`val_*.png`: image | ground truth | prediction, each with its legend."""
     from bridgeseg.images import load_image, load_mask
@@ -170,7 +213,9 @@ def _val_overlays(predictor: Predictor, data_dir: Path, out_dir: Path, count: in
         for panel in panels:
             canvas.paste(panel, (x, 0))
             x += panel.width + 8
-        path = out_dir / f"val_{image_path.stem}.png"
+        # The mosaic names its val images val_<index> already.
+        stem = image_path.stem if image_path.stem.startswith("val_") else f"val_{image_path.stem}"
+        path = out_dir / f"{stem}.png"
         canvas.save(path)
         paths.append(path)
     return paths
@@ -211,9 +256,10 @@ def _photo_overlays(predictor: Predictor, out_dir: Path, short_side: int) -> dic
 
 
 def run_demo(
-    out_dir: str | os.PathLike[str] = "outputs/demo",
+    out_dir: str | os.PathLike[str] | None = None,
     quick: bool = False,
     *,
+    overwrite: bool = False,
     data_dir: str | os.PathLike[str] = "data/mosaic",
     num_train: int | None = None,
     num_val: int | None = None,
@@ -225,8 +271,10 @@ def run_demo(
     """Run the offline quickstart and write its results into `out_dir`.
 
     Args:
-        out_dir: Output folder: `metrics.json`, `model/` (checkpoint), `overlays/`, `run/` (Lightning logs).
+        out_dir: Output folder: `metrics.json`, `model/` (checkpoint), `overlays/`, `run/` (Lightning logs);
+            default `outputs/demo`, or `outputs/demo-quick` with `quick`.
         quick: A smoke test: a few iterations at a small crop and batch.
+        overwrite: Replace an earlier demo in `out_dir` (a quick run never replaces a full one).
         data_dir: Mosaic folder; generated when absent or made with other parameters.
         num_train: Training images of the mosaic (default 400).
         num_val: Validation images of the mosaic (default 100).
@@ -237,6 +285,10 @@ def run_demo(
 
     Returns:
         The content of `metrics.json`.
+
+    Raises:
+        OutputExistsError: `out_dir` holds an earlier demo and `overwrite` is not set, or a full demo and `quick`
+            is set; checked before anything is generated or trained.
     """
     from bridgeseg.checkpoints import save_checkpoint
     from bridgeseg.engine.lightning import run_lightning_cli
@@ -244,7 +296,9 @@ def run_demo(
     from bridgeseg.predictor import Predictor
 
     start, cpu_start = time.perf_counter(), time.process_time()
-    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    out_dir = Path(out_dir if out_dir is not None else QUICK_DEMO_OUT if quick else DEMO_OUT)
+    data_dir = Path(data_dir)
+    _check_out_dir(out_dir, data_dir, quick, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {
         "num_train": num_train or DEMO_DATA["num_train"],

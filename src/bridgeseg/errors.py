@@ -7,7 +7,15 @@ bad input as `ValueError` keep working.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DatasetError", "DatasetNotFoundError", "ImageError", "UserError", "first_line"]
+__all__ = [
+    "CheckpointError",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "ImageError",
+    "OutputExistsError",
+    "UserError",
+    "first_line",
+]
 
 
 class UserError(Exception):
@@ -28,6 +36,10 @@ class DatasetError(ValueError):
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """An image or mask file, a dataset root, split folder or split file does not exist."""
+
+
+class OutputExistsError(ValueError):
+    """A command would replace a file a user made: an existing output without `--overwrite`, or one of its inputs."""
 
 
 def first_line(error: BaseException) -> str:

@@ -339,8 +339,8 @@ def decode_bytes(
     except Image.DecompressionBombError as error:
         raise ImageError(_bomb_message("upload", "image", error)) from error
     except UnidentifiedImageError as error:
-        accepted = ", ".join(formats) if formats else "an image"
-        raise ImageError(f"not an image: upload a {accepted} file") from error
+        accepted = f"a {', '.join(formats)}" if formats else "an image"
+        raise ImageError(f"not an image: upload {accepted} file") from error
     with image:
         _check_pixels(image, ImageError, "upload", "image", max_pixels, limits)
         try:

@@ -1,5 +1,11 @@
-"""Files in and out: writing that loses nothing (temporary file, fsync, rename), and PyTorch checkpoints read
-without unpickling code, with one explanation of every way such a file can be damaged or unsafe.
+"""Files in and out: writing that loses nothing (temporary file, fsync, rename), the one rule on what a command
+may replace, and PyTorch checkpoints read without unpickling code, with one explanation of every way such a file
+can be damaged or unsafe.
+
+The rule, for every command that writes (`predict`, `export`, `demo`, `data`): an output that already exists is
+refused unless `--overwrite` is given (`refuse_existing`), an output that is, or lies inside, one of the command's
+inputs is refused even with it (`refuse_input_as_output`), and an output folder that is a file is named as such
+(`check_output_folder`). Each check runs before any work starts.
 """
 
 from __future__ import annotations
@@ -11,11 +17,11 @@ import pickle
 import re
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from bridgeseg.errors import CheckpointError, first_line
+from bridgeseg.errors import CheckpointError, OutputExistsError, first_line
 
 
 def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
@@ -107,6 +113,76 @@ def check_writable(path: str | os.PathLike[str]) -> None:
         raise OSError(error.errno, f"could not write {path}: {error.strerror or error}") from error
     with contextlib.suppress(OSError):
         os.unlink(probe)
+
+
+def refuse_existing(
+    outputs: Iterable[str | os.PathLike[str]],
+    overwrite: bool,
+    option: str,
+    folder: str | os.PathLike[str] | None = None,
+) -> None:
+    """Refuse to replace outputs that already exist, unless `overwrite` (`--overwrite`) is set.
+
+    Args:
+        outputs: Every file or folder the command is about to write.
+        overwrite: The user passed `--overwrite`.
+        option: The option that chose the outputs' place, for the advice ("--out", "--onnx").
+        folder: When the outputs are files of one `--out` folder: that folder (the message counts the files in it).
+
+    Raises:
+        OutputExistsError: Some output exists and `overwrite` is not set; nothing has been written.
+    """
+    existing = [Path(output) for output in outputs if os.path.lexists(output)]
+    if overwrite or not existing:
+        return
+    if folder is not None:
+        names = [path.name for path in existing]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise OutputExistsError(
+            f"{folder} already holds {len(names)} of the output files ({shown}); pass --overwrite to replace "
+            f"them, or choose another {option} folder"
+        )
+    kind = "folder" if existing[0].is_dir() else "file"
+    raise OutputExistsError(
+        f"{existing[0]} already exists; pass --overwrite to replace it, or choose another {option} {kind}"
+    )
+
+
+def refuse_input_as_output(
+    output: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], option: str
+) -> None:
+    """Refuse an output that is one of the command's inputs or lies inside an input folder, `--overwrite` or not.
+
+    Paths are compared resolved (symbolic links followed, `..` removed), so another spelling of the input is caught.
+
+    Args:
+        output: A file or folder the command is about to write.
+        inputs: The files and folders it reads.
+        option: The option that named the output ("--out", "--onnx").
+
+    Raises:
+        OutputExistsError: `output` is, or is inside, an input; nothing has been written.
+    """
+    target = Path(output).resolve()
+    for source in inputs:
+        resolved = Path(source).resolve()
+        if target == resolved or resolved in target.parents:
+            relation = "is" if target == resolved else "is inside"
+            raise OutputExistsError(
+                f"the output {output} {relation} the input {source}: writing it would destroy the input, so it is "
+                f"refused even with --overwrite; choose another {option}"
+            )
+
+
+def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> None:
+    """Refuse an output folder that exists as something else than a folder (a regular file, a FIFO...).
+
+    Raises:
+        OutputExistsError: `path` exists and is not a folder.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{option} {path} is a file; {option} must be a folder (a new or an existing one)")
 
 
 def checkpoint_error(path: str | os.PathLike[str], error: BaseException) -> CheckpointError:

@@ -48,6 +48,7 @@ from bridgeseg.vocabulary import check_vocabulary, describe_classes, validate_cl
 
 __all__ = [
     "EXPORTERS",
+    "OPSET_RANGE",
     "OUTPUTS",
     "SIZE_MULTIPLE",
     "OnnxBackend",
@@ -65,6 +66,10 @@ SIZE_MULTIPLE = 32
 EXPORTERS = ("torchscript", "dynamo")
 OUTPUTS = ("logits", "coarse_logits")
 """The graph's output: full-size logits, or the logits at the decoder's stride (see the module docstring)."""
+# The lowest opsets every method exports at: `bridge`'s scaled-dot-product attention exports from opset 14 on
+# (`lseg`'s einsum from 12, the backbones' ceil-mode pooling from 10); `torch.export`'s translation targets
+# opset 18 and later.
+_MIN_OPSETS = {"torchscript": 14, "dynamo": 18}
 # Traced at this size: not square and with a C5 grid (2 x 3) that no positional grid equals, so size-dependent
 # branches (DenseCLIP's positional-embedding interpolation) take their general path in the trace.
 _TRACE_SIZE = (64, 96)
@@ -202,6 +207,33 @@ def _metadata(
     return metadata
 
 
+def _max_opset() -> int:
+    """The newest opset the installed PyTorch exports to."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+    except ImportError:  # a private module: a PyTorch without it still exports up to opset 20
+        return 20
+    return int(ONNX_MAX_OPSET)
+
+
+OPSET_RANGE = {name: range(minimum, _max_opset() + 1) for name, minimum in _MIN_OPSETS.items()}
+"""The opsets each exporter gives a bridgeseg model at, with the installed PyTorch."""
+
+
+def check_opset(opset: int, exporter: str = "torchscript") -> None:
+    """Refuse an opset the exporter cannot give every bridgeseg model at, before anything is loaded or traced.
+
+    Raises:
+        ValueError: `opset` is outside `OPSET_RANGE[exporter]`; the message gives the range.
+    """
+    supported = OPSET_RANGE.get(exporter)
+    if supported is not None and opset not in supported:
+        raise ValueError(
+            f"--opset {opset} is not supported by the {exporter} exporter with this PyTorch: use "
+            f"{supported.start} to {supported.stop - 1}; the default is 18"
+        )
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -231,7 +263,8 @@ def export_onnx(
         The written path.
 
     Raises:
-        ValueError: `open_vocab` or new `classes` for a closed-set model, an unknown exporter or output.
+        ValueError: `open_vocab` or new `classes` for a closed-set model, an unknown exporter or output, an opset
+            outside `OPSET_RANGE`.
         OSError: `path` cannot be written (checked before the export).
         ImportError: The `onnx` package (or `onnxscript` for the dynamo exporter) is missing.
     """
@@ -241,6 +274,7 @@ def export_onnx(
         raise ValueError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
     if output not in OUTPUTS:
         raise ValueError(f"unknown output {output!r}; use one of {', '.join(OUTPUTS)}")
+    check_opset(opset, exporter)
     if open_vocab and not model.open_vocabulary:
         raise ValueError(
             f"'{model.method}' is closed-set and cannot be exported with open-vocabulary inputs; drop --open-vocab "
@@ -553,8 +587,16 @@ class OnnxBackend:
         self, path: str | os.PathLike[str], providers: Sequence[str] | None = None, threads: int | None = None
     ) -> None:
         path = Path(path)
+        if path.is_dir():
+            raise FileNotFoundError(
+                f"{path} is a folder; the onnx runtime runs one .onnx file: export it with `bridgeseg export "
+                f"--checkpoint {path} --onnx model.onnx` and pass model.onnx (the folder runs as it is with PyTorch)"
+            )
         if not path.is_file():
-            raise FileNotFoundError(f"ONNX model {path} not found; export one with `bridgeseg export --onnx {path}`")
+            raise FileNotFoundError(
+                f"ONNX model {path} not found; export a checkpoint to it with `bridgeseg export --checkpoint MODEL "
+                f"--onnx {path}`"
+            )
         self.path = path
         try:
             self.session = ort_session(path, threads=threads, providers=providers)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -214,10 +216,12 @@ class Predictor(
             The prediction, at the input's size.
 
         Raises:
-            ValueError: Bad class list (closed-set model, duplicates, text encoder unavailable), mode or image.
+            ValueError: Bad class list (closed-set model, duplicates, text encoder unavailable), mode, scales
+                (each must be a positive, finite number) or image.
             ImageError: The image is too large for `limits` as the model would process it (padded, resized).
             DatasetError: An image file cannot be read, or is too large.
         """
+        _check_scales(scales)
         names, text_embeddings = self._embed(classes)
         tensor = to_tensor(image, limits=self.size_limits(scales))
         views = {"flip": tta, "scales": scales}
@@ -279,3 +283,17 @@ class Predictor(
             download |= {"force_download": force_download, "local_files_only": local_files_only}
             model_id = snapshot_download(repo_id=model_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **download)
         return cls.from_checkpoint(model_id, device=device)
+
+
+def _check_scales(scales: Sequence[float] | None) -> None:
+    """Refuse resize factors that would give an empty or undefined image, before any work.
+
+    Raises:
+        ValueError: A factor is not a positive, finite number.
+    """
+    for scale in scales or ():
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(
+                f"scales must be positive, finite resize factors such as [0.75, 1.0, 1.25]; got {scale!r} in "
+                f"{list(scales)}"
+            )

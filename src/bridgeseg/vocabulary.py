@@ -78,6 +78,16 @@ def _check_lengths(names: Sequence[str], max_length: int) -> None:
         )
 
 
+def _csv_problem(error: csv.Error, max_length: int) -> str:
+    """What is wrong with a class list the CSV reader refused, and how to write it."""
+    quoting = """quote a name that holds a comma as '"salt, pepper", cat'"""
+    if "field larger than field limit" in str(error):
+        return f"a class name is over {csv.field_size_limit()} characters long; give names of at most {max_length}"
+    if "unexpected end of data" in str(error):
+        return f"the class list has a double quote that is never closed; close it or remove it ({quoting})"
+    return f"the class list is not comma-separated names ({error}); {quoting}"
+
+
 def parse_class_list(
     text: str | None, max_classes: int | None = None, max_length: int = MAX_CLASS_NAME_LENGTH
 ) -> list[str] | None:
@@ -95,14 +105,19 @@ def parse_class_list(
         The names, or None.
 
     Raises:
-        ValueError: The list is empty, a name is blank (a doubled or trailing comma), repeated or too long, or
-            there are too many.
+        ValueError: The list is empty, a name is blank (a doubled or trailing comma), repeated or too long, a
+            double quote is unbalanced, or there are too many names.
     """
     if text is None:
         return None
     if "\n" in text or "\r" in text:
         raise ValueError("the class list holds a line break; give the names on one line, separated by commas")
-    names = [name.strip() for name in next(csv.reader([text], skipinitialspace=True), [""])]
+    try:
+        # strict: an unbalanced quote is an error, not one name that swallows the rest of the list.
+        fields = next(csv.reader([text], skipinitialspace=True, strict=True), [""])
+    except csv.Error as error:
+        raise ValueError(_csv_problem(error, max_length)) from error
+    names = [name.strip() for name in fields]
     if not any(names):
         raise ValueError("the class list is empty; give at least one class name")
     blank = [position for position, name in enumerate(names, start=1) if not name]

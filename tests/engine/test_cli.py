@@ -100,3 +100,33 @@ def test_fit_output_has_an_iteration_bar_each_lightning_line_once_and_no_noise(d
     noise = ("💡", "litlogger", "module(s) in eval mode", "tensorboardX", "LeafSpec", "`weights_only` was not set")
     for text in noise:
         assert text not in output, text
+
+
+def test_resume_refuses_other_classes_or_another_method(data_root: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from tests.engine.helpers import run_cli
+
+    run = tmp_path / "run"
+    assert main(["fit", *fit_args(data_root, run, max_steps=2)]) == 0
+    last = run / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    other = Path(shutil.copytree(data_root, tmp_path / "other"))
+    (other / "classes.txt").write_text("water\nsand\nrock\n")
+    start = f"error: --ckpt_path {last}: a resume must use the same classes and method as the checkpoint ("
+    advice = (
+        "to start from its weights on a new vocabulary, fine-tune instead with `--model.init_from` (planned; see "
+        "docs/training.md), or drop --ckpt_path to train from scratch"
+    )
+
+    code, error = run_cli(capsys, "fit", *fit_args(other, run, max_steps=4), "--ckpt_path", str(last))
+    assert code == 2 and error.startswith(start) and error.endswith(advice), error
+    assert "3 classes in the checkpoint (sky, grass, road), 3 in this run (water, sand, rock)" in error
+
+    # --ckpt_path last is read after the callbacks are set up: the same check.
+    method = ("--model.net.method", "fpn")
+    code, error = run_cli(capsys, "fit", *fit_args(data_root, run, max_steps=4), *method, "--ckpt_path", "last")
+    assert code == 2 and "method 'bridge' in the checkpoint, 'fpn' in this run" in error, error
+    code, error = run_cli(capsys, "fit", *fit_args(data_root, run, max_steps=4), *method, "--ckpt_path", str(last))
+    assert code == 2 and "method 'bridge' in the checkpoint, 'fpn' in this run" in error, error
+    assert last.read_bytes() == before

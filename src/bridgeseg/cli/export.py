@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bridgeseg.cli._options import add_checkpoint_argument
 from bridgeseg.errors import UserError
-from bridgeseg.io import check_writable
+from bridgeseg.io import check_output_folder, check_writable, refuse_existing, refuse_input_as_output
 from bridgeseg.options import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_SIZE
 
 
@@ -17,10 +17,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_checkpoint_argument(parser, "model folder, .safetensors or .ckpt")
     parser.add_argument("--format", choices=["safetensors", "onnx"], help="default: onnx when --onnx is given")
     parser.add_argument("--out", help="output folder for --format safetensors")
-    parser.add_argument("--onnx", help="output .onnx file")
+    parser.add_argument("--onnx", help="output .onnx file (never the checkpoint itself)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file or --out checkpoint")
     parser.add_argument("--classes", help="comma-separated class names baked into a fixed-vocabulary ONNX model")
     parser.add_argument("--open-vocab", action="store_true", help="text embeddings [K, D] as a second ONNX input")
-    parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=18,
+        help="ONNX opset: 14 or later with the torchscript exporter, 18 or later with dynamo (default: %(default)s)",
+    )
     parser.add_argument(
         "--exporter",
         choices=["torchscript", "dynamo"],
@@ -70,24 +76,36 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0 on success, 1 when a float32 ONNX model disagrees with PyTorch.
 
+    Neither output may be the checkpoint or lie inside its folder (refused even with `--overwrite`), and an
+    existing output is replaced only with `--overwrite`; both are checked before the checkpoint is loaded.
+
     Raises:
         UserError: Missing or contradictory arguments.
-        ValueError: A closed-set model with --open-vocab or new classes (`export_onnx` says so).
+        OutputExistsError: The output is the checkpoint, or exists and `--overwrite` was not given.
+        ValueError: An opset the exporter cannot give; a closed-set model with --open-vocab or new classes
+            (`export_onnx` says so).
     """
     # Here, not at the top: the parser is built without torch, so `bridgeseg --help` stays fast.
-    from bridgeseg.checkpoints import WEIGHTS_NAME, convert_checkpoint, load_model
+    from bridgeseg.checkpoints import CONFIG_NAME, WEIGHTS_NAME, checkpoint_files, convert_checkpoint, load_model
     from bridgeseg.vocabulary import parse_class_list
 
     fmt = args.format or ("onnx" if args.onnx else None)
     if fmt is None:
         raise UserError("nothing to export to: give --onnx FILE, or --format safetensors --out DIR")
     _check_int8_arguments(args, fmt)
+    inputs = checkpoint_files(args.checkpoint)
     if fmt == "safetensors":
         if not args.out:
             raise UserError("--format safetensors needs --out DIR (the output folder)")
         if args.onnx or args.classes or args.open_vocab or args.coarse_logits:
             raise UserError("--onnx, --classes, --open-vocab and --coarse-logits apply to ONNX exports only; drop them")
-        check_writable(Path(args.out) / WEIGHTS_NAME)  # before the checkpoint is loaded
+        out = Path(args.out)
+        check_output_folder(out)
+        outputs = [out / WEIGHTS_NAME, out / CONFIG_NAME]
+        for output in (out, *outputs):
+            refuse_input_as_output(output, inputs, "--out")
+        refuse_existing(outputs, args.overwrite, "--out", folder=out)
+        check_writable(out / WEIGHTS_NAME)  # before the checkpoint is loaded
         written = convert_checkpoint(args.checkpoint, args.out)
         print(f"wrote {written}")
         return 0
@@ -95,10 +113,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--format onnx needs --onnx FILE (the output .onnx file)")
     if args.out:
         raise UserError("--out is for --format safetensors; give the ONNX file with --onnx FILE")
+    from bridgeseg.onnx import check_opset, check_parity, export_onnx  # onnx is an optional extra
+
+    check_opset(args.opset, args.exporter)
     classes = parse_class_list(args.classes)
-    check_writable(args.onnx)  # before the checkpoint is loaded and the model traced
+    refuse_input_as_output(args.onnx, inputs, "--onnx")
+    check_writable(args.onnx)  # before the checkpoint is loaded and the model traced; a folder is named as such
+    refuse_existing([args.onnx], args.overwrite, "--onnx")
     model = load_model(args.checkpoint)
-    from bridgeseg.onnx import check_parity, export_onnx  # onnx is an optional extra
 
     output = "coarse_logits" if args.coarse_logits else "logits"
     options = {

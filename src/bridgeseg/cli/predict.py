@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridgeseg.cli._options import add_checkpoint_argument, check_device
+from bridgeseg.io import check_output_folder, refuse_existing, write_atomically
 from bridgeseg.options import DEFAULT_PRECISION, PRECISIONS
 
 # The parser is built without torch (`bridgeseg --help` stays fast); the library comes with the command's run.
@@ -161,7 +162,14 @@ class _Progress:
             self.bar.update()
             return
         elapsed = time.perf_counter() - self.started
-        logger.info("[%d/%d] %s %s (%.1f s)", self.done, self.total, path, "done" if ok else "failed", elapsed)
+        logger.info(
+            "[%d/%d] %s %s (%.1f s since the first image)",
+            self.done,
+            self.total,
+            path,
+            "done" if ok else "failed",
+            elapsed,
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -221,11 +229,12 @@ def _output_names(stem: str) -> tuple[str, str, str]:
 
 
 def _check_out_dir(out_dir: Path, inputs: Sequence[Path], stems: Sequence[str], overwrite: bool) -> None:
-    """Refuse an `--out` that is an input's folder, or that holds outputs already (unless `overwrite`).
+    """Refuse an `--out` that is a file or an input's folder, or that holds outputs already (unless `overwrite`).
 
     Raises:
-        ValueError: Either; nothing has been written.
+        ValueError: Any of these; nothing has been written.
     """
+    check_output_folder(out_dir)
     resolved = out_dir.resolve()
     for path in inputs:
         if path.resolve().parent == resolved:
@@ -233,15 +242,8 @@ def _check_out_dir(out_dir: Path, inputs: Sequence[Path], stems: Sequence[str], 
                 f"--out {out_dir} is the folder of the input {path}: the results would replace files there (such as "
                 "a ground-truth <name>_mask.png) and be read as inputs next time; choose another --out folder"
             )
-    if overwrite or not out_dir.is_dir():
-        return
-    existing = [name for stem in stems for name in _output_names(stem) if (out_dir / name).exists()]
-    if existing:
-        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise ValueError(
-            f"{out_dir} already holds {len(existing)} of the output files ({shown}); pass --overwrite to replace "
-            "them, or choose another --out folder"
-        )
+    outputs = [out_dir / name for stem in stems for name in _output_names(stem)]
+    refuse_existing(outputs, overwrite, "--out", folder=out_dir)
 
 
 def _output_stems(paths: Sequence[Path]) -> list[str]:
@@ -274,7 +276,6 @@ def _write_outputs(
     import numpy as np
     from PIL import Image
 
-    from bridgeseg.io import write_atomically
     from bridgeseg.visualize import overlay, palette
 
     labels = prediction.labels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -15,6 +16,9 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'bridgeseg[app]'"
 MAX_CONNECTIONS = 32
+# Seconds Ctrl+C waits for requests in flight before closing their connections: an idle browser tab's keep-alive
+# connection would otherwise hold the shutdown for several seconds.
+GRACEFUL_SHUTDOWN_S = 1
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
@@ -22,7 +26,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("serve", help="a local web page to try a model")
     add_checkpoint_argument(parser, "model folder, .safetensors, .ckpt or .onnx")
     parser.add_argument("--host", default="127.0.0.1", help="default: loopback only")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument(
+        "--port", type=int, default=7860, help="TCP port, 1 to 65535; 0 picks a free one (default: %(default)s)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -55,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         0 after a clean shutdown.
 
     Raises:
-        UserError: The `app` extra is not installed, the checkpoint does not exist, or the port is taken.
+        UserError: The `app` extra is not installed, the port is not a TCP port or is taken, or the checkpoint does
+            not exist.
         CheckpointError: The checkpoint cannot be loaded.
     """
     try:
@@ -64,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as error:
         raise UserError(f"the web app needs FastAPI, uvicorn and python-multipart ({error}); {INSTALL_HINT}") from error
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a TCP port; give one from 1 to 65535, e.g. --port 7860")
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
         if checkpoint == Path(DEFAULT_CHECKPOINT):
@@ -98,5 +107,15 @@ def run(args: argparse.Namespace) -> int:
         args.port,
     )
     # The connection cap bounds the uploads held in memory at once; beyond it uvicorn answers 503.
-    uvicorn.run(app, host=args.host.strip("[]"), port=args.port, log_level="warning", limit_concurrency=MAX_CONNECTIONS)
+    # uvicorn raises the Ctrl+C it handled again once it has shut down; Ctrl+C is the way to stop the server.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(
+            app,
+            host=args.host.strip("[]"),
+            port=args.port,
+            log_level="warning",
+            limit_concurrency=MAX_CONNECTIONS,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
+    logger.info("stopped serving %s", checkpoint)
     return 0

@@ -1,4 +1,4 @@
-"""Datasets (mmseg layouts and a generic folder), class-name tables and the training / evaluation transforms."""
+"""Datasets (mmseg layouts, a generic folder, annotation-tool exports), class-name tables and the transforms."""
 
 from bridgeseg.data.classes import (
     ADE20K_CLASSES,
@@ -29,6 +29,7 @@ from bridgeseg.data.datasets import (
     read_class_file,
     register_dataset,
 )
+from bridgeseg.data.formats.dataset import AnnotationDataset
 from bridgeseg.data.transforms import build_eval_transforms, build_train_transforms
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "PASCAL_CONTEXT59_CLASSES",
     "VOC_CLASSES",
     "ADE20KDataset",
+    "AnnotationDataset",
     "COCOStuff164kDataset",
     "CheckReport",
     "CityscapesDataset",

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bridgeseg.data.datasets import SegmentationDataset, create_dataset
+from bridgeseg.data.formats.check import check_dataset
 from bridgeseg.data.transforms import build_eval_transforms, build_train_transforms
 
 
@@ -74,7 +75,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     """Training, validation and test data for one dataset.
 
     Args:
-        dataset: "ade20k", "cityscapes", "voc", "pascal_context59", "coco_stuff164k" or "folder".
+        dataset: "ade20k", "cityscapes", "voc", "pascal_context59", "coco_stuff164k", "folder" or "annotations"
+            (an annotation-tool export; see docs/your-data.md).
         root: The dataset's root folder (see docs/datasets.md for each layout).
         train_split: Split used for training.
         val_split: Split used for validation.
@@ -156,7 +158,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         Raises:
             DatasetError: A sample's mask is unreadable, of another size than its image, or holds labels out of range.
         """
-        return self._dataset("val").check_sample(count)
+        report = check_dataset(self._dataset("val"), count)  # the checker `bridgeseg data check` runs
+        report.raise_for_problems()
+        return report.num_samples
 
     def _global_step(self) -> int:
         return self.trainer.global_step if self.trainer is not None else 0

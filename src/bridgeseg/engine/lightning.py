@@ -26,7 +26,8 @@ from bridgeseg.configs import resolve_config
 from bridgeseg.engine.datamodule import SegmentationDataModule
 from bridgeseg.engine.module import SegmentationModule
 from bridgeseg.errors import CheckpointError
-from bridgeseg.io import checkpoint_error, write_atomically
+from bridgeseg.io import checkpoint_error, load_torch_checkpoint, write_atomically
+from bridgeseg.vocabulary import describe_classes
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,10 @@ def trainer_defaults() -> dict[str, Any]:
     }
 
 
+# What a resume must share with the run it continues, besides the class list.
+_RESUME_MODEL_KEYS = ("method", "backbone", "text_encoder")
+
+
 class BridgesegCLI(LightningCLI):
     """LightningCLI that takes the class names from the dataset."""
 
@@ -241,14 +246,60 @@ class BridgesegCLI(LightningCLI):
             )
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI reads `--ckpt_path` once before anything is built, with a bare `torch.load`."""
+        """LightningCLI reads `--ckpt_path` once before anything is built, with a bare `torch.load`.
+
+        It also replaces the run's model options with the checkpoint's, so the model this run asked for is kept
+        first: `before_fit` compares it with the checkpoint (`_check_resume`).
+        """
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self._requested_model = {key: self.config[subcommand].get(f"model.net.{key}") for key in _RESUME_MODEL_KEYS}
         try:
             super()._parse_ckpt_path()
         except Exception as error:  # torch.load raises anything from UnpicklingError to RuntimeError and KeyError
             raise checkpoint_error(self.config[self.config.subcommand].get("ckpt_path"), error) from error
 
+    def _check_resume(self) -> None:
+        """Refuse to resume (`fit --ckpt_path`) from a checkpoint of other classes or another model.
+
+        A resume restores the whole training state into the model this run builds: other classes end in a size
+        mismatch deep in Lightning, and another method or backbone would be silently replaced by the checkpoint's.
+
+        Raises:
+            CheckpointError: The checkpoint's classes, method, backbone or text encoder differ from the run's.
+        """
+        path = self.config_init[self.subcommand].get("ckpt_path")
+        if not path:
+            return
+        checkpoint = load_torch_checkpoint(path)
+        saved = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        net = saved.get("net") if isinstance(saved, dict) else None
+        if not isinstance(net, dict):
+            return  # not a bridgeseg training checkpoint: AtomicCheckpointIO says so when Lightning reads it
+        saved_classes = list(saved.get("classes") or net.get("classes") or [])
+        run_classes = list(self.model.classes) if isinstance(self.model, SegmentationModule) else saved_classes
+        requested = getattr(self, "_requested_model", {})
+        differences = [
+            f"{key} '{net.get(key)}' in the checkpoint, '{value}' in this run"
+            for key, value in requested.items()
+            if value is not None and net.get(key) is not None and value != net.get(key)
+        ]
+        if saved_classes != run_classes:
+            differences.insert(
+                0,
+                f"{len(saved_classes)} classes in the checkpoint ({describe_classes(saved_classes)}), "
+                f"{len(run_classes)} in this run ({describe_classes(run_classes)})",
+            )
+        if differences:
+            raise CheckpointError(
+                f"--ckpt_path {path}: a resume must use the same classes and method as the checkpoint "
+                f"({'; '.join(differences)}); to start from its weights on a new vocabulary, fine-tune instead "
+                "with `--model.init_from` (planned; see docs/training.md), or drop --ckpt_path to train from scratch"
+            )
+
     def before_fit(self) -> None:
         self._resolve_last_checkpoint()
+        self._check_resume()
         datamodule = self.datamodule
         if isinstance(datamodule, SegmentationDataModule):
             checked = datamodule.check_val_sample()
