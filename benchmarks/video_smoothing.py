@@ -329,7 +329,8 @@ def to_markdown(summary: dict) -> str:
     for row in smoothing["rows"]:
         lines.append(
             f"| {row['alpha']:g} | {'yes' if row['cut_reset'] else 'no'} | {row['miou']:.2f} | "
-            f"{row['miou_first_3_frames_of_shots']:.2f} | {row['flicker']:.2f} % | {row['cuts_detected']} |"
+            f"{row['miou_first_3_frames_of_shots']:.2f} | {row['flicker']:.2f} % | "
+            f"{row['cuts_detected'] if row['alpha'] and row['cut_reset'] else '–'} |"
         )
     within, cuts = smoothing["scene_change_within_shots"], smoothing["scene_change_at_cuts"]
     lines += [

@@ -231,7 +231,7 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
         first = next(_decode(container, stream, path), None)
         if first is None:
             raise DatasetError(f"{path}: no frame could be decoded; the file is empty or corrupt")
-        turns = _quarter_turns(first.rotation or _stream_rotation(stream))
+        turns = _quarter_turns(getattr(first, "rotation", 0) or _stream_rotation(stream))
         width, height = (first.height, first.width) if turns % 2 else (first.width, first.height)
         rate = stream.average_rate or stream.guessed_rate
         return VideoInfo(
@@ -308,7 +308,7 @@ def read_frames(path: str | os.PathLike[str], every: int = 1, max_side: int | No
             last_pts = pts
             if index % every:
                 continue
-            turns = _quarter_turns(frame.rotation or tag_rotation)
+            turns = _quarter_turns(getattr(frame, "rotation", 0) or tag_rotation)
             upright = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
             width, height = scaled_size(*upright, max_side)
             coded = (height, width) if turns % 2 else (width, height)
