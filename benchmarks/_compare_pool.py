@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from _compare_plan import Run
-from _compare_run import execute, is_finished
 
 logger = logging.getLogger("compare")
 
@@ -42,6 +41,9 @@ def _exit_when_orphaned(parent: int, poll_s: float = 1.0) -> None:
 
 def run_all(runs: list[Run], data_root: Path, raw_dir: Path, workers: int) -> None:
     """Run every unfinished run, `workers` at a time, each in a worker process that keeps its imports."""
+    # Here: a worker's orphan watch (above) must start without waiting for torch and Lightning to import.
+    from _compare_run import execute, is_finished
+
     todo = [run for run in runs if not is_finished(run, raw_dir)]
     logger.info("%d runs planned, %d finished already, %d to do", len(runs), len(runs) - len(todo), len(todo))
     if not todo:

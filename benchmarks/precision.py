@@ -54,7 +54,7 @@ def measure(args: argparse.Namespace) -> dict:
     }
 
     def validation(image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-        return model.predict(image, mode="whole", output_size=output_size)  # as `SegmentationModule._segment`
+        return model.predict(image, mode="whole", output_size=output_size)  # as `SegmentationTask._segment`
 
     def backend_predict(backend: TorchBackend) -> Predict:
         return lambda image, output_size: segment(backend, image, embeddings, mode="whole", output_size=output_size)

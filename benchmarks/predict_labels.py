@@ -1,6 +1,6 @@
 """What `predict` saves by taking the labels from the logits when no probabilities are asked for.
 
-`Segmentor.predict(images)` with one view returns the arg-max of the upsampled logits; with `return_probs=True`
+`SegmentationModel.predict(images)` with one view returns the arg-max of the upsampled logits; with `return_probs=True`
 it still computes the softmax over [B, K, H, W] first (needed for the probabilities and for averaging augmented
 views). Both calls run on the same model and image in alternating rounds, so load from other work on the
 machine hits both about equally; the script checks that both give the same labels.

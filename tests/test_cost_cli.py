@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import bridgeseg.models.segmentor as segmentor_module
+import bridgeseg.models.methods.base as methods_base
 from bridgeseg.cli import main
 from bridgeseg.models.text import create_text_encoder
 
@@ -18,7 +18,7 @@ def test_cost_table_loads_the_text_encoder_once(
         loads.append(args)
         return create_text_encoder(*args, **kwargs)
 
-    monkeypatch.setattr(segmentor_module, "create_text_encoder", counting)
+    monkeypatch.setattr(methods_base, "create_text_encoder", counting)
     assert main(["cost", "--backbone", "mobilenetv2_100", "--size", "64", "--num-classes", "5"]) == 0
     assert len(loads) == 1
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "/" in line]

@@ -352,9 +352,9 @@ def test_export_never_replaces_its_own_input(exported: dict, tmp_path, capsys) -
 
 
 def test_export_replaces_an_existing_output_only_with_overwrite(exported: dict, tmp_path, monkeypatch, capsys) -> None:
-    from bridgeseg.cli import export
+    from bridgeseg import checkpoints
 
-    monkeypatch.setattr(export, "load_model", lambda path, device="cpu": exported[("fpn", False)][0])
+    monkeypatch.setattr(checkpoints, "load_model", lambda path, device="cpu": exported[("fpn", False)][0])
     existing = tmp_path / "mine.onnx"
     existing.write_bytes(b"the user's file")
     with pytest.raises(ValueError, match=r"mine\.onnx already exists; pass --overwrite to replace it, or choose anoth"):

@@ -106,9 +106,9 @@ def test_weights_file_alone_and_interrupted_save(class_embeddings: torch.Tensor,
 
 
 def test_lightning_checkpoint_loads_and_converts(tmp_path: Path) -> None:
-    from bridgeseg.engine.module import SegmentationModule
+    from bridgeseg.engine.module import SegmentationTask
 
-    module = SegmentationModule(net={"method": "bridge", "text_encoder": "minilm", **TINY}, classes=CLASSES)
+    module = SegmentationTask(net={"method": "bridge", "text_encoder": "minilm", **TINY}, classes=CLASSES)
     ckpt = tmp_path / "best.ckpt"
     optimizer = torch.optim.AdamW(module.parameters())
     torch.save(
@@ -293,7 +293,7 @@ def test_closed_set_models_refuse_other_classes(method: str, class_embeddings: t
 def test_unavailable_text_encoder_keeps_own_classes_working(
     class_embeddings: torch.Tensor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bridgeseg.models.segmentor as segmentor_module
+    import bridgeseg.models.methods.base as methods_base
 
     attempts = []
 
@@ -301,7 +301,7 @@ def test_unavailable_text_encoder_keeps_own_classes_working(
         attempts.append(args)
         raise OSError("we have no network connection")
 
-    monkeypatch.setattr(segmentor_module, "create_text_encoder", offline)
+    monkeypatch.setattr(methods_base, "create_text_encoder", offline)
     model = tiny("bridge", class_embeddings, text_encoder="openclip:ViT-B-16:openai")
     predictor = Predictor.from_checkpoint(save_checkpoint(model, tmp_path))
     assert predictor.predict(torch.rand(3, 40, 40)).labels.shape == (40, 40)

@@ -222,5 +222,6 @@ def test_progress_lines_say_what_the_time_measures(
     image = write_image(tmp_path / "a.png")
     caplog.set_level("INFO", logger="bridgeseg.cli.predict")
     assert predict(checkpoint, tmp_path / "out", image) == 0
-    (line,) = [record.getMessage() for record in caplog.records if record.name == "bridgeseg.cli.predict"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "bridgeseg.cli.predict"]
+    (line,) = [line for line in lines if line.startswith("[")]  # after the one "segmenting with ..." line
     assert line.startswith(f"[1/1] {image} done (") and line.endswith(" s since the first image)")

@@ -23,7 +23,7 @@ import bridgeseg.checkpoints
 import bridgeseg.onnx
 from bridgeseg.checkpoints import WEIGHTS_NAME, load_model, save_checkpoint
 from bridgeseg.cli import EXIT_INTERRUPTED, main
-from bridgeseg.engine.module import SegmentationModule
+from bridgeseg.engine.module import SegmentationTask
 from bridgeseg.errors import CheckpointError
 from bridgeseg.io import write_atomically
 from bridgeseg.models import create_model
@@ -337,7 +337,7 @@ def test_ctrl_c_during_training_exits_130(
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(SegmentationModule, "training_step", interrupted)
+    monkeypatch.setattr(SegmentationTask, "training_step", interrupted)
     handler = signal.getsignal(signal.SIGINT)
     try:
         # Lightning shuts down gracefully and calls sys.exit(1), the code of "some images failed" in `predict`.
@@ -379,3 +379,26 @@ def test_a_val_problem_at_the_final_validation_keeps_the_trained_weights(
     code, error = run_cli(capsys, "fit", *fit_args(data, run, max_steps=4))
     assert code == 2 and error.startswith(f"error: {data / 'masks' / 'val' / '002.png'}: "), error
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
+def test_training_checkpoints_naming_the_old_classes_still_load(model: torch.nn.Module, tmp_path: Path) -> None:
+    # Lightning records the module's class path when a config names it; checkpoints from before the renames
+    # (SegmentationModule, BridgeSegmentor) name classes that no longer exist. Only the config and weights count.
+    ckpt = tmp_path / "old.ckpt"
+    torch.save(
+        {
+            "state_dict": {f"model.{name}": tensor for name, tensor in model.state_dict().items()},
+            "hyper_parameters": {
+                "net": {**model.config.to_dict(), "pretrained": False},
+                "classes": list(model.classes),
+                "_class_path": "bridgeseg.engine.module.SegmentationModule",
+                "_instantiator": "lightning.pytorch.cli.instantiate_module",
+            },
+            "model_class": "bridgeseg.models.segmentor.BridgeSegmentor",
+        },
+        ckpt,
+    )
+    loaded = load_model(ckpt)
+    assert type(loaded).__name__ == "BridgeModel" and loaded.classes == model.classes
+    images = torch.rand(1, 3, 64, 64)
+    assert torch.equal(loaded.eval()(images), model.eval()(images))

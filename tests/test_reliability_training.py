@@ -24,7 +24,7 @@ import torch
 
 from bridgeseg.cli import main
 from bridgeseg.engine.lightning import LastCheckpoint
-from bridgeseg.engine.module import SegmentationModule
+from bridgeseg.engine.module import SegmentationTask
 from bridgeseg.models import SegmentationModel
 from tests.engine.helpers import fit_args, load_checkpoint, make_folder_dataset, run_cli
 
@@ -96,7 +96,7 @@ def test_crop_not_divisible_by_the_stride_trains_padded(
 
 
 def test_padding_adds_no_loss_and_keeps_the_crop() -> None:
-    module = SegmentationModule(
+    module = SegmentationTask(
         net={"method": "fpn", "backbone": "test_resnet", "decoder_channels": 16}, classes=["a", "b"], warmup_iters=1
     )
     model = module.model

@@ -37,9 +37,10 @@ from torch import Tensor
 
 from bridgeseg._version import __version__
 from bridgeseg.errors import CheckpointError, first_line
-from bridgeseg.io import checkpoint_error, load_torch_checkpoint, write_atomically
+from bridgeseg.io import checkpoint_error, write_atomically
 from bridgeseg.models import ModelConfig, SegmentationModel, create_model
 from bridgeseg.models.text import DEFAULT_TEMPLATES
+from bridgeseg.models.weights import load_torch_file, read_safetensors
 
 __all__ = [
     "CONFIG_NAME",
@@ -186,12 +187,8 @@ def _ckpt_hint(directory: Path) -> str:
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The model config and the weights of a safetensors checkpoint; config.json next to it wins if it matches."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as file:
-            metadata = file.metadata() or {}
-            state = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (not a dict)
+        state, metadata = read_safetensors(path)
     except Exception as error:  # safetensors raises its own error type for every kind of damage
         raise CheckpointError(
             f"{path}: corrupt or truncated safetensors file ({error}); re-save or re-download it"
@@ -256,7 +253,10 @@ def _check_format(config: Any, path: Path) -> None:
 
 def _read_training_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The model config and the segmentor's weights of a Lightning checkpoint, read without unpickling code."""
-    checkpoint = load_torch_checkpoint(path)
+    try:
+        checkpoint = load_torch_file(path)
+    except Exception as error:  # torch.load raises anything from UnpicklingError to RuntimeError and KeyError
+        raise checkpoint_error(path, error) from error
     hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     net = hyper_parameters.get("net") if isinstance(hyper_parameters, dict) else None
     state_dict = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None

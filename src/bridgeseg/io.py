@@ -1,6 +1,6 @@
 """Files in and out: writing that loses nothing (temporary file, fsync, rename), the one rule on what a command
-may replace, and PyTorch checkpoints read without unpickling code, with one explanation of every way such a file
-can be damaged or unsafe.
+may replace, and one explanation of every way a PyTorch checkpoint can be damaged or unsafe
+(`bridgeseg.models.weights` reads them without unpickling code).
 
 The rule, for every command that writes (`predict`, `export`, `demo`, `data`): an output that already exists is
 refused unless `--overwrite` is given (`refuse_existing`), an output that is, or lies inside, one of the command's
@@ -19,7 +19,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from bridgeseg.errors import CheckpointError, OutputExistsError, first_line
 
@@ -220,17 +220,3 @@ def checkpoint_error(path: str | os.PathLike[str], error: BaseException) -> Chec
     # A truncated zip (RuntimeError), an empty file (EOFError), garbage (KeyError, ValueError)...
     message = first_line(error) or type(error).__name__
     return CheckpointError(f"{path}: corrupt or truncated checkpoint ({message}); re-copy it or use another checkpoint")
-
-
-def load_torch_checkpoint(path: str | os.PathLike[str]) -> Any:
-    """Read a PyTorch checkpoint onto the CPU without unpickling code (`weights_only=True`).
-
-    Raises:
-        CheckpointError: See `checkpoint_error`.
-    """
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise checkpoint_error(path, error) from error

@@ -51,11 +51,17 @@ __all__ = [
     "OPSET_RANGE",
     "OUTPUTS",
     "SIZE_MULTIPLE",
+    "ExportModule",
+    "GraphBackend",
     "OnnxBackend",
     "ParityReport",
     "check_parity",
+    "decode_metadata",
+    "export_metadata",
     "export_onnx",
+    "probe_feed",
     "read_metadata",
+    "resolve_vocabulary",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,8 +99,8 @@ def probe_tolerance(metadata: dict[str, Any]) -> float:
 # ----------------------------------------------------------------------------------------------------- export
 
 
-class _Exported(nn.Module):
-    """`images (, text_embeddings) → logits or coarse logits`: what the ONNX graph computes.
+class ExportModule(nn.Module):
+    """`images (, text_embeddings) → logits or coarse logits`: what an exported graph computes (ONNX, ExecuTorch).
 
     With a fixed vocabulary the text embeddings are held as a buffer (constants in the graph) and are the only
     input; with an open vocabulary they are the second input.
@@ -170,7 +176,7 @@ def _traceable(model: nn.Module) -> Iterator[None]:
             setattr(parent, name, child)
 
 
-def _resolve_vocabulary(model: nn.Module, classes: Sequence[str] | None) -> tuple[list[str], Tensor | None]:
+def resolve_vocabulary(model: nn.Module, classes: Sequence[str] | None) -> tuple[list[str], Tensor | None]:
     """Class names and their text embeddings [K, Dt] (None for text-free models); embeds new names if needed."""
     hint = "drop --classes, or export a 'bridge' or 'lseg' model for another class list"
     names = check_vocabulary(classes, model.classes, model.open_vocabulary, f"'{model.method}'", hint)
@@ -179,9 +185,10 @@ def _resolve_vocabulary(model: nn.Module, classes: Sequence[str] | None) -> tupl
     return names, None if embeddings is None else embeddings.detach().float().clone()
 
 
-def _metadata(
+def export_metadata(
     model: nn.Module, classes: list[str], embeddings: Tensor | None, open_vocab: bool, output: str, stride: int
 ) -> dict[str, str]:
+    """The metadata of an exported graph as strings (the table in docs/export.md), without the probe fingerprint."""
     config = model.config
     metadata = {
         "bridgeseg_format": "1",
@@ -280,13 +287,13 @@ def export_onnx(
             f"'{model.method}' is closed-set and cannot be exported with open-vocabulary inputs; drop --open-vocab "
             "(its classes are baked in), or use a 'bridge' or 'lseg' model"
         )
-    classes, embeddings = _resolve_vocabulary(model, classes)
+    classes, embeddings = resolve_vocabulary(model, classes)
     check_writable(path)  # before the export, which takes a while
     device = next(model.parameters()).device
     images = torch.rand(_TRACE_BATCH, 3, *_TRACE_SIZE, device=device)
     dims = {0: "batch", 2: "height", 3: "width"}
     output_dims = dims if output == "logits" else {0: "batch", 2: "coarse_height", 3: "coarse_width"}
-    module = _Exported(model, embeddings, open_vocab, output).eval()
+    module = ExportModule(model, embeddings, open_vocab, output).eval()
     if open_vocab:
         inputs: tuple[Tensor, ...] = (images, embeddings)
         input_names = ["images", "text_embeddings"]
@@ -319,7 +326,7 @@ def export_onnx(
     existing = {prop.key: prop.value for prop in proto.metadata_props}
     # The logits of a blank image tie the metadata to this graph: `OnnxBackend` compares them when it loads it.
     fingerprint = {PROBE_KEY: encode_probe(blank_means.cpu().numpy())}
-    metadata = _metadata(model, classes, embeddings, open_vocab, output, stride)
+    metadata = export_metadata(model, classes, embeddings, open_vocab, output, stride)
     onnx.helper.set_model_props(proto, existing | metadata | fingerprint)
     shape = "[B, K, H, W]" if output == "logits" else f"[B, K, H/{stride}, W/{stride}]"
     proto.doc_string = (
@@ -393,10 +400,15 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
-    return _decode_metadata({p.key: p.value for p in proto.metadata_props}, path)
+    return decode_metadata({p.key: p.value for p in proto.metadata_props}, path)
 
 
-def _decode_metadata(raw: dict[str, str], path: str | os.PathLike[str]) -> dict[str, Any]:
+def decode_metadata(raw: dict[str, str], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Decode the metadata strings of an exported graph, wherever the runtime keeps them (see `read_metadata`).
+
+    Raises:
+        CheckpointError: No bridgeseg metadata, or damaged metadata.
+    """
     if "bridgeseg_format" not in raw:
         raise CheckpointError(f"{path} has no bridgeseg metadata; export it with `bridgeseg export --onnx`")
     metadata: dict[str, Any] = dict(raw)
@@ -415,6 +427,11 @@ def _decode_metadata(raw: dict[str, str], path: str | os.PathLike[str]) -> dict[
             metadata["class_embeddings"] = values.reshape(len(metadata["classes"]), metadata["text_dim"]).copy()
         if PROBE_KEY in raw:
             metadata[PROBE_KEY] = np.asarray(json.loads(raw[PROBE_KEY]), dtype=np.float32)
+        if "input_size" in raw:  # graphs with a static input size (ExecuTorch)
+            height, width = (int(side) for side in json.loads(raw["input_size"]))
+            if height < 1 or width < 1 or height % metadata["size_multiple"] or width % metadata["size_multiple"]:
+                raise ValueError("'input_size' is out of range")
+            metadata["input_size"] = (height, width)
         # The names label every output (and draw the legend): the one validator, length cap included.
         metadata["classes"] = validate_class_names(metadata["classes"])
         if len(metadata["pixel_mean"]) != 3 or metadata["size_multiple"] < 1:
@@ -462,11 +479,17 @@ def probe_logits(session: Any, metadata: dict[str, Any]) -> np.ndarray:
     An open-vocabulary graph gets the default classes' embeddings stored in its metadata (`metadata` must hold
     them). Their mean over batch and pixels is the fingerprint that ties metadata to a graph (`probe_means`).
     """
+    return session.run([metadata["output"]], probe_feed(metadata))[0]
+
+
+def probe_feed(metadata: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The inputs of the probe: a blank (zero) image of one size multiple square (of the graph's `input_size` when
+    it has a static one), and for an open vocabulary the default classes' embeddings (`metadata` must hold them)."""
     side = metadata["size_multiple"]
-    feed = {"images": np.zeros((1, 3, side, side), dtype=np.float32)}
+    feed = {"images": np.zeros((1, 3, *metadata.get("input_size", (side, side))), dtype=np.float32)}
     if metadata["open_vocab"]:
         feed["text_embeddings"] = np.ascontiguousarray(metadata["class_embeddings"], dtype=np.float32)
-    return session.run([metadata["output"]], feed)[0]
+    return feed
 
 
 def probe_means(logits: np.ndarray) -> np.ndarray:
@@ -530,7 +553,7 @@ def check_parity(
         The worst differences over all sizes.
     """
     session = ort_session(path)
-    metadata = _decode_metadata(session.get_modelmeta().custom_metadata_map, path)
+    metadata = decode_metadata(session.get_modelmeta().custom_metadata_map, path)
     if text_embeddings is None and model.uses_text:
         text_embeddings = model.text_embeddings(metadata["classes"])
     device = next(model.parameters()).device
@@ -559,125 +582,94 @@ def check_parity(
 # ----------------------------------------------------------------------------------------------------- runtime
 
 
-class OnnxBackend:
-    """An exported model on ONNX Runtime, as a backend of the shared prediction loop and of `bridgeseg.Predictor`.
+class GraphBackend:
+    """What every backend of an exported graph shares (ONNX Runtime, OpenVINO, ExecuTorch).
 
-    Args:
-        path: An `.onnx` file written by `export_onnx`.
-        providers: ONNX Runtime execution providers; default: CPU.
-        threads: Intra-op threads (ONNX Runtime's default when None).
+    A runtime's subclass opens its file, decodes the metadata (`decode_metadata`, from wherever the runtime keeps it),
+    calls this `__init__`, implements `_infer`, and calls `_check_probe` before it is used. The rest is here: the
+    metadata as attributes, the class list and its embeddings, full-size logits from a coarse graph, and the exact
+    fast labels path of the shared loop.
 
     Attributes:
         classes: The default class names, in index order.
         open_vocabulary: Whether other class lists are accepted.
         metadata: The decoded metadata (see `read_metadata`).
-
-    Raises:
-        FileNotFoundError: No such file.
-        CheckpointError: The file is not a valid ONNX model (truncated, corrupt), has no or damaged bridgeseg
-            metadata, or its graph gives another number of classes than its metadata names or other logits than
-            were recorded at export (metadata copied from another model); all checked here, at load, before any
-            image is segmented.
+        precision: "int8" for a quantised graph, else "fp32" (a runtime may say otherwise, e.g. OpenVINO's "bf16").
     """
 
     device = torch.device("cpu")
-    runtime = "onnx"
+    export_command = "bridgeseg export --onnx"
+    """The command that writes this runtime's files, for the errors' advice."""
+    runtime_name = "ONNX"
 
-    def __init__(
-        self, path: str | os.PathLike[str], providers: Sequence[str] | None = None, threads: int | None = None
-    ) -> None:
-        path = Path(path)
-        if path.is_dir():
-            raise FileNotFoundError(
-                f"{path} is a folder; the onnx runtime runs one .onnx file: export it with `bridgeseg export "
-                f"--checkpoint {path} --onnx model.onnx` and pass model.onnx (the folder runs as it is with PyTorch)"
-            )
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ONNX model {path} not found; export a checkpoint to it with `bridgeseg export --checkpoint MODEL "
-                f"--onnx {path}`"
-            )
+    def __init__(self, path: Path, metadata: dict[str, Any]) -> None:
         self.path = path
-        try:
-            self.session = ort_session(path, threads=threads, providers=providers)
-        except Exception as error:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for damage
-            raise CheckpointError(
-                f"{path}: not a valid ONNX model ({first_line(error)[:200]}); the file is truncated or corrupt: "
-                "re-export it with `bridgeseg export --onnx` or re-copy it"
-            ) from error
-        self.metadata = _decode_metadata(self.session.get_modelmeta().custom_metadata_map, path)
-        self.classes: list[str] = list(self.metadata["classes"])
-        self.open_vocabulary: bool = bool(self.metadata["open_vocab"])
-        self.method: str = self.metadata["method"]
-        self.text_encoder_name: str = self.metadata["text_encoder"]
-        self.size_multiple: int = self.metadata["size_multiple"]
-        self.pixel_mean = torch.tensor(self.metadata["pixel_mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        self.output: str = self.metadata["output"]
-        # What the graph computes in, named as `Predictor.precision` names it: "int8" for a quantised export
-        # (`bridgeseg.quantization` records it), else "fp32" (recorded as "float32", or not at all by older exports).
-        recorded = str(self.metadata.get("precision", "float32"))
-        self.precision: str = "fp32" if recorded == "float32" else recorded
+        self.metadata = metadata
+        self.classes: list[str] = list(metadata["classes"])
+        self.open_vocabulary: bool = bool(metadata["open_vocab"])
+        self.method: str = metadata["method"]
+        self.text_encoder_name: str = metadata["text_encoder"]
+        self.size_multiple: int = metadata["size_multiple"]
+        self.pixel_mean = torch.tensor(metadata["pixel_mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.output: str = metadata["output"]
+        self.precision: str = "int8" if metadata.get("precision") == "int8" else "fp32"
         if self.output == "coarse_logits":
             # The shared loop's exact fast labels path looks for this method (see `segment`).
             self.coarse_logits = self._coarse_logits
         self._text_encoder: Any = None
-        self._check_graph()
 
-    def _check_graph(self) -> None:
-        """The graph must agree with the metadata: its inputs, its class count, and the logits of a blank image.
+    def _infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's output for `feed` ({"images": [B, 3, H, W] (, "text_embeddings": [K, Dt])}), float32."""
+        raise NotImplementedError
 
-        The graph is run once on a blank image of one size multiple (milliseconds; with the default classes'
-        embeddings for an open vocabulary): copied or edited metadata would otherwise label pixels with the wrong
-        names, or fail after some outputs are written. The mean logits are compared with those recorded at export.
+    def _probe_tolerance(self) -> float:
+        return probe_tolerance(self.metadata)
+
+    def _check_probe(self) -> None:
+        """Run the graph once on the blank probe image and compare it with the metadata.
+
+        Milliseconds (with the default classes' embeddings for an open vocabulary): copied or edited metadata would
+        otherwise label pixels with the wrong names, or fail after some outputs are written. The class count is
+        checked, and the mean logits are compared with those recorded at export.
 
         Raises:
             CheckpointError: The graph and the metadata disagree, or the graph does not run.
         """
-        inputs = {item.name: item.shape for item in self.session.get_inputs()}
-        expected = {"images", "text_embeddings"} if self.open_vocabulary else {"images"}
-        if set(inputs) != expected or self.output not in {item.name for item in self.session.get_outputs()}:
-            raise CheckpointError(
-                f"{self.path}: the graph's inputs ({', '.join(inputs)}) do not match its metadata (open_vocab "
-                f"{self.open_vocabulary}); it was not written by `bridgeseg export`: re-export it"
-            )
-        if self.open_vocabulary:
-            width = inputs["text_embeddings"][1] if len(inputs["text_embeddings"]) == 2 else None
-            if isinstance(width, int) and width != self.metadata["text_dim"]:
-                raise CheckpointError(
-                    f"{self.path}: the graph takes text embeddings of width {width}, its metadata says "
-                    f"{self.metadata['text_dim']}; the metadata belongs to another model: re-export it"
-                )
-            if "class_embeddings" not in self.metadata:
-                return  # nothing to probe the graph with
-        side = self.size_multiple
+        if self.open_vocabulary and "class_embeddings" not in self.metadata:
+            return  # nothing to probe the graph with
+        feed = probe_feed(self.metadata)
         try:
-            probe = probe_logits(self.session, self.metadata)
-        except Exception as error:  # onnxruntime's own error types
+            probe = self._infer(feed)
+        except Exception as error:  # each runtime raises its own error types
+            height, width = feed["images"].shape[-2:]
             raise CheckpointError(
-                f"{self.path}: the ONNX model does not run on a {side}×{side} image ({first_line(error)[:200]}); "
-                "re-export it"
+                f"{self.path}: the {self.runtime_name} model does not run on a {height}×{width} image "
+                f"({first_line(error)[:200]}); re-export it"
             ) from error
         if probe.ndim != 4 or probe.shape[1] != len(self.classes):
             raise CheckpointError(
                 f"{self.path}: the graph gives {probe.shape[1] if probe.ndim == 4 else 'no'} classes but its metadata "
                 f"names {len(self.classes)} ({describe_classes(self.classes)}); the metadata belongs to another "
-                "model: re-export it with `bridgeseg export --onnx`"
+                f"model: re-export it with `{self.export_command}`"
             )
         recorded = self.metadata.get(PROBE_KEY)  # older exports have none
         if recorded is not None:
             actual = probe_means(probe)
-            tolerance = probe_tolerance(self.metadata)
+            tolerance = self._probe_tolerance()
             if recorded.shape != actual.shape or not np.allclose(actual, recorded, rtol=tolerance, atol=tolerance):
                 difference = float(np.abs(actual - recorded).max()) if recorded.shape == actual.shape else float("nan")
                 raise CheckpointError(
                     f"{self.path}: the graph does not give the logits recorded in its metadata at export (largest "
                     f"difference {difference:.3g}); the metadata was copied from another model: re-export it with "
-                    "`bridgeseg export --onnx`"
+                    f"`{self.export_command}`"
                 )
 
     def __repr__(self) -> str:
         vocabulary = "open" if self.open_vocabulary else "fixed"
-        return f"OnnxBackend({str(self.path)!r}, {self.method}, {vocabulary} vocabulary, {len(self.classes)} classes)"
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, {self.method}, {vocabulary} vocabulary, "
+            f"{len(self.classes)} classes)"
+        )
 
     def text_embeddings(self, classes: Sequence[str] | None) -> Tensor | None:
         """The embeddings [K, Dt] to feed (None for a fixed-vocabulary model); default: the model's classes.
@@ -698,8 +690,9 @@ class OnnxBackend:
             return torch.from_numpy(self.metadata["class_embeddings"])
         if self.metadata["prompt_context"]:
             raise ValueError(
-                f"{self.path.name} learned its prompt context, which the ONNX file does not hold; embed the classes "
-                "with the PyTorch checkpoint, or export the new class list with `bridgeseg export --classes`"
+                f"{self.path.name} learned its prompt context, which the {self.runtime_name} file does not hold; "
+                "embed the classes with the PyTorch checkpoint, or export the new class list with `bridgeseg export "
+                "--classes`"
             )
         if self._text_encoder is None:
             self._text_encoder = create_text_encoder(self.text_encoder_name, templates=self.metadata["templates"])
@@ -710,7 +703,7 @@ class OnnxBackend:
         feed = {"images": np.ascontiguousarray(images.cpu().numpy(), dtype=np.float32)}
         if self.open_vocabulary:
             feed["text_embeddings"] = np.ascontiguousarray(text_embeddings.cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run([self.output], feed)[0])
+        return torch.from_numpy(self._infer(feed))
 
     def logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
         """Logits [B, K, H, W] of images [B, 3, H, W] in [0, 1] whose sides are multiples of `size_multiple`.
@@ -726,3 +719,76 @@ class OnnxBackend:
     def _coarse_logits(self, images: Tensor, text_embeddings: Tensor | None) -> Tensor:
         """A coarse graph's output [B, K, H/s, W/s], for the exact fast labels path of `segment`."""
         return self._run(images, text_embeddings)
+
+
+class OnnxBackend(GraphBackend):
+    """An exported model on ONNX Runtime, as a backend of the shared prediction loop and of `bridgeseg.Predictor`.
+
+    Args:
+        path: An `.onnx` file written by `export_onnx`.
+        providers: ONNX Runtime execution providers; default: CPU.
+        threads: Intra-op threads (ONNX Runtime's default when None).
+
+    Attributes:
+        classes: The default class names, in index order.
+        open_vocabulary: Whether other class lists are accepted.
+        metadata: The decoded metadata (see `read_metadata`).
+
+    Raises:
+        FileNotFoundError: No such file.
+        CheckpointError: The file is not a valid ONNX model (truncated, corrupt), has no or damaged bridgeseg
+            metadata, or its graph gives another number of classes than its metadata names or other logits than
+            were recorded at export (metadata copied from another model); all checked here, at load, before any
+            image is segmented.
+    """
+
+    runtime = "onnx"
+
+    def __init__(
+        self, path: str | os.PathLike[str], providers: Sequence[str] | None = None, threads: int | None = None
+    ) -> None:
+        path = Path(path)
+        if path.is_dir():
+            raise FileNotFoundError(
+                f"{path} is a folder; the onnx runtime runs one .onnx file: export it with `bridgeseg export "
+                f"--checkpoint {path} --onnx model.onnx` and pass model.onnx (the folder runs as it is with PyTorch)"
+            )
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"ONNX model {path} not found; export a checkpoint to it with `bridgeseg export --checkpoint MODEL "
+                f"--onnx {path}`"
+            )
+        try:
+            self.session = ort_session(path, threads=threads, providers=providers)
+        except Exception as error:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for damage
+            raise CheckpointError(
+                f"{path}: not a valid ONNX model ({first_line(error)[:200]}); the file is truncated or corrupt: "
+                "re-export it with `bridgeseg export --onnx` or re-copy it"
+            ) from error
+        super().__init__(path, decode_metadata(self.session.get_modelmeta().custom_metadata_map, path))
+        self._check_graph()
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([self.output], feed)[0]
+
+    def _check_graph(self) -> None:
+        """The graph must agree with the metadata: its inputs, its class count, and the logits of a blank image.
+
+        Raises:
+            CheckpointError: The graph and the metadata disagree, or the graph does not run.
+        """
+        inputs = {item.name: item.shape for item in self.session.get_inputs()}
+        expected = {"images", "text_embeddings"} if self.open_vocabulary else {"images"}
+        if set(inputs) != expected or self.output not in {item.name for item in self.session.get_outputs()}:
+            raise CheckpointError(
+                f"{self.path}: the graph's inputs ({', '.join(inputs)}) do not match its metadata (open_vocab "
+                f"{self.open_vocabulary}); it was not written by `bridgeseg export`: re-export it"
+            )
+        if self.open_vocabulary:
+            width = inputs["text_embeddings"][1] if len(inputs["text_embeddings"]) == 2 else None
+            if isinstance(width, int) and width != self.metadata["text_dim"]:
+                raise CheckpointError(
+                    f"{self.path}: the graph takes text embeddings of width {width}, its metadata says "
+                    f"{self.metadata['text_dim']}; the metadata belongs to another model: re-export it"
+                )
+        self._check_probe()

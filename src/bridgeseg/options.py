@@ -24,6 +24,9 @@ DEFAULT_PRECISION = "fp32"
 demo model's bf16 masks matched ONNX Runtime's fp32 ones on 94–97 % of pixels on a CPU with native bf16), and a
 default that depends on the CPU would give different answers on different machines."""
 
+_BF16_RUNTIMES = ("torch", "openvino")
+"""Runtimes that can run bf16 when asked: PyTorch (autocast) and OpenVINO (its inference-precision hint)."""
+
 MODES = ("whole", "slide")
 """Prediction modes: one pass over the whole image, or mmseg's overlapping sliding windows."""
 
@@ -41,8 +44,9 @@ def check_precision(precision: str, runtime: str = "torch") -> str:
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if runtime != "torch" and precision == "bf16":
+    if runtime not in _BF16_RUNTIMES and precision == "bf16":
         raise ValueError(
-            f"precision 'bf16' applies to the PyTorch runtime only, not to {runtime}; use fp32 (or auto) there"
+            f"precision 'bf16' applies to the PyTorch and OpenVINO runtimes only, not to {runtime}; use fp32 "
+            "(or auto) there"
         )
     return precision

@@ -105,7 +105,7 @@ class Predictor(
             autocast_dtype = resolve_precision(precision, model.pixel_mean.device)
             model = TorchBackend(model.eval(), autocast_dtype=autocast_dtype, optimize=optimize)
         else:
-            check_precision(precision, runtime=type(model).__name__)
+            check_precision(precision, runtime=getattr(model, "runtime", type(model).__name__))
         self.backend = model
         self.limits = limits
         self._text_encoder_error: str | None = None
@@ -119,22 +119,39 @@ class Predictor(
         threads: int | None = None,
         precision: str = DEFAULT_PRECISION,
     ) -> Predictor:
-        """Load a checkpoint folder, `.safetensors` or Lightning `.ckpt` (PyTorch), or an `.onnx` file.
+        """Load a checkpoint folder, `.safetensors` or Lightning `.ckpt` (PyTorch), or an exported model: `.onnx`
+        (ONNX Runtime, or OpenVINO with `runtime="openvino"`), `.xml` (OpenVINO IR) or `.pte` (ExecuTorch).
 
         Args:
             path: The checkpoint (see `bridgeseg.load_model`) or exported model.
             device: PyTorch device.
-            runtime: "torch" or "onnx"; default: "onnx" for `.onnx` files, else "torch".
-            threads: ONNX Runtime intra-op threads.
-            precision: "fp32" (the default), "bf16" or "auto" (PyTorch runtime; see `Predictor`).
+            runtime: "torch", "onnx", "openvino" or "executorch"; default: from the file
+                (`bridgeseg.runtime.runtime_for_path`).
+            threads: Threads of ONNX Runtime (intra-op), OpenVINO or ExecuTorch (XNNPACK).
+            precision: "fp32" (the default), "bf16" or "auto": for PyTorch see `Predictor`; OpenVINO runs bf16
+                only when asked ("bf16"), fp32 for "auto" and "fp32"; ONNX Runtime and ExecuTorch run what the file
+                holds (fp32 or int8).
 
         Raises:
             CheckpointError: The checkpoint cannot be loaded safely.
-            ImportError: ONNX Runtime is not installed (`pip install 'bridgeseg[onnx]'`).
-            ValueError: An unknown precision, or "bf16" with ONNX Runtime.
+            ImportError: The runtime is not installed (e.g. `pip install 'bridgeseg[onnx]'`).
+            ValueError: An unknown runtime or precision, or "bf16" with ONNX Runtime or ExecuTorch.
         """
-        runtime = runtime or ("onnx" if str(path).endswith(".onnx") else "torch")
+        from bridgeseg.runtime import RUNTIMES, runtime_for_path
+
+        runtime = runtime or runtime_for_path(path)
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
         check_precision(precision, runtime)
+        if runtime == "openvino":
+            from bridgeseg.runtime.openvino import OpenVinoBackend
+
+            backend = OpenVinoBackend(path, precision="bf16" if precision == "bf16" else "fp32", threads=threads)
+            return cls(backend)
+        if runtime == "executorch":
+            from bridgeseg.runtime.executorch import ExecuTorchBackend
+
+            return cls(ExecuTorchBackend(path, threads=threads))
         if runtime == "onnx":
             from bridgeseg.onnx import OnnxBackend  # onnxruntime is an optional extra
 
@@ -145,7 +162,7 @@ class Predictor(
     def model(self) -> SegmentationModel:
         """The PyTorch model (PyTorch runtime only)."""
         if not isinstance(self.backend, TorchBackend):
-            raise AttributeError(f"{self.backend!r} runs on ONNX Runtime and has no PyTorch model")
+            raise AttributeError(f"{self.backend!r} runs an exported model and has no PyTorch model")
         return self.backend.model
 
     @property
@@ -169,7 +186,8 @@ class Predictor(
 
     @property
     def precision(self) -> str:
-        """The precision the forward runs in: "fp32", "bf16" (PyTorch autocast) or "int8" (a quantised export)."""
+        """The precision the forward runs in: "fp32", "bf16" (PyTorch autocast, OpenVINO's hint) or "int8" (a
+        quantised export); each backend says what it runs."""
         return str(getattr(self.backend, "precision", "fp32"))
 
     @property

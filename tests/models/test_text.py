@@ -283,11 +283,11 @@ def test_openclip_random_init_and_bad_weights(tiny_openclip, tmp_path):
 
 
 def test_openclip_pretrained_tag_resolves_through_registry(monkeypatch):
-    from bridgeseg.models import text
+    from bridgeseg.models.text import openclip as openclip_text
 
     requested = []
     monkeypatch.setattr(open_clip.pretrained, "download_pretrained", lambda cfg: requested.append(cfg) or "/w.bin")
-    path, quick_gelu = text._resolve_openclip_weights("ViT-B-16", "openai")
+    path, quick_gelu = openclip_text._resolve_openclip_weights("ViT-B-16", "openai")
     assert path == "/w.bin" and quick_gelu
     assert requested[0]["hf_hub"].startswith("timm/vit_base_patch16_clip_224.openai")
 
@@ -296,7 +296,7 @@ def test_openclip_pretrained_tag_resolves_through_registry(monkeypatch):
 
     monkeypatch.setattr(open_clip.pretrained, "download_pretrained", offline)
     with pytest.raises(RuntimeError, match="pass the file"):
-        text._resolve_openclip_weights("ViT-B-16", "openai")
+        openclip_text._resolve_openclip_weights("ViT-B-16", "openai")
 
 
 def test_openclip_prompt_context_gradients(tiny_openclip):

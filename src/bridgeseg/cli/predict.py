@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 from bridgeseg.cli import _video
 from bridgeseg.cli._options import add_checkpoint_argument, check_device
 from bridgeseg.io import check_output_folder, refuse_existing, write_atomically
-from bridgeseg.options import DEFAULT_PRECISION, PRECISIONS
+from bridgeseg.options import DEFAULT_PRECISION, MODES, PRECISIONS
+from bridgeseg.runtime import RUNTIMES
 
 # The parser is built without torch (`bridgeseg --help` stays fast); the library comes with the command's run.
 if TYPE_CHECKING:
@@ -65,11 +66,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help='comma-separated class names, e.g. "sky,road,car"; quote a name holding a comma: \'"salt, pepper",cat\' '
         "(default: the model's)",
     )
-    parser.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    parser.add_argument("--mode", choices=list(MODES), default="whole")
     parser.add_argument("--crop-size", type=int, default=512, help="window side for --mode slide")
     parser.add_argument("--stride", type=int, default=341, help="window stride for --mode slide")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    parser.add_argument(
+        "--runtime",
+        choices=list(RUNTIMES),
+        help="default: from the file: .onnx onnx, .xml openvino, .pte executorch, else torch; an .onnx file also runs "
+        "on openvino",
+    )
     parser.add_argument(
         "--precision",
         choices=list(PRECISIONS),
@@ -196,18 +202,19 @@ class _Progress:
 
 def _load(args: argparse.Namespace) -> Predictor:
     from bridgeseg.predictor import Predictor
+    from bridgeseg.runtime import runtime_for_path
 
-    runtime = args.runtime
-    if runtime == "torch" and str(args.checkpoint).endswith(".onnx"):
-        logger.info("%s is an ONNX model: using the onnx runtime", args.checkpoint)
-        runtime = "onnx"
+    runtime = args.runtime or runtime_for_path(args.checkpoint)
+    if runtime == "torch" and runtime_for_path(args.checkpoint) != "torch":
+        runtime = runtime_for_path(args.checkpoint)
+        logger.info("%s is an exported model: using the %s runtime", args.checkpoint, runtime)
     try:
         return Predictor.from_checkpoint(
             args.checkpoint, device=check_device(args.device), runtime=runtime, precision=args.precision
         )
     except ImportError as error:
         raise ValueError(
-            f"the onnx runtime is unavailable ({error}); install it with `pip install bridgeseg[onnx]`"
+            f"the {runtime} runtime is unavailable ({error}); install it with `pip install bridgeseg[{runtime}]`"
         ) from error
 
 

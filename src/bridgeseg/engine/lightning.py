@@ -24,9 +24,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from bridgeseg.configs import resolve_config
 from bridgeseg.engine.datamodule import SegmentationDataModule
-from bridgeseg.engine.module import SegmentationModule
+from bridgeseg.engine.module import SegmentationTask
 from bridgeseg.errors import CheckpointError
-from bridgeseg.io import checkpoint_error, load_torch_checkpoint, write_atomically
+from bridgeseg.io import checkpoint_error, write_atomically
+from bridgeseg.models.weights import load_torch_file
 from bridgeseg.vocabulary import describe_classes
 
 logger = logging.getLogger(__name__)
@@ -271,13 +272,16 @@ class BridgesegCLI(LightningCLI):
         path = self.config_init[self.subcommand].get("ckpt_path")
         if not path:
             return
-        checkpoint = load_torch_checkpoint(path)
+        try:
+            checkpoint = load_torch_file(path)
+        except Exception as error:  # torch.load raises anything from UnpicklingError to RuntimeError and KeyError
+            raise checkpoint_error(path, error) from error
         saved = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
         net = saved.get("net") if isinstance(saved, dict) else None
         if not isinstance(net, dict):
             return  # not a bridgeseg training checkpoint: AtomicCheckpointIO says so when Lightning reads it
         saved_classes = list(saved.get("classes") or net.get("classes") or [])
-        run_classes = list(self.model.classes) if isinstance(self.model, SegmentationModule) else saved_classes
+        run_classes = list(self.model.classes) if isinstance(self.model, SegmentationTask) else saved_classes
         requested = getattr(self, "_requested_model", {})
         differences = [
             f"{key} '{net.get(key)}' in the checkpoint, '{value}' in this run"
@@ -390,7 +394,7 @@ def run_lightning_cli(argv: Sequence[str], run: bool = True) -> BridgesegCLI:
         # Raised inside Lightning's own pytree helper by newer torch; nothing a user can act on.
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         return BridgesegCLI(
-            SegmentationModule,
+            SegmentationTask,
             SegmentationDataModule,
             args=list(argv),
             run=run,

@@ -54,7 +54,7 @@ def parameter_groups(model: SegmentationModel, lr: float, weight_decay: float, b
     ]
 
 
-class SegmentationModule(pl.LightningModule):
+class SegmentationTask(pl.LightningModule):
     """Trains and evaluates a segmentor.
 
     Args:

@@ -35,7 +35,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from bridgeseg.options import PRECISIONS, check_precision
 
 if TYPE_CHECKING:
-    from bridgeseg.models.segmentor import SegmentationModel
+    from bridgeseg.models.methods.base import SegmentationModel
 
 __all__ = [
     "PRECISIONS",

@@ -27,7 +27,7 @@ from torch import Tensor
 from bridgeseg.models.inference import optimize_for_inference
 
 if TYPE_CHECKING:
-    from bridgeseg.models.segmentor import SegmentationModel
+    from bridgeseg.models.methods.base import SegmentationModel
 
 __all__ = [
     "FULL_UPSAMPLING_ABOVE",

@@ -1,1 +1,21 @@
-"""Inference on any runtime, for sources beyond single images: video files (`bridgeseg.runtime.video`)."""
+"""Runtimes of the one prediction loop beyond PyTorch and ONNX Runtime: OpenVINO (`bridgeseg.runtime.openvino`) and
+ExecuTorch with XNNPACK (`bridgeseg.runtime.executorch`); and sources beyond single images: video files through
+PyAV (`bridgeseg.runtime.video`). Each module imports its runtime package only when used."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["RUNTIMES", "runtime_for_path"]
+
+RUNTIMES = ("torch", "onnx", "openvino", "executorch")
+"""The runtimes `bridgeseg.Predictor.from_checkpoint` and `bridgeseg predict --runtime` accept."""
+
+_SUFFIXES = {".onnx": "onnx", ".xml": "openvino", ".pte": "executorch"}
+
+
+def runtime_for_path(path: str | os.PathLike[str]) -> str:
+    """The runtime a file is for, from its suffix: `.onnx` ONNX Runtime, `.xml` OpenVINO, `.pte` ExecuTorch, else
+    PyTorch (checkpoint folders, `.safetensors`, `.ckpt`)."""
+    return _SUFFIXES.get(Path(path).suffix.lower(), "torch")

@@ -238,7 +238,7 @@ def test_pixel_projection_lets_pixel_embeddings_leave_the_positive_orthant(metho
 
 
 def test_models_saved_before_the_new_switches_rebuild_as_they_were(class_embeddings: torch.Tensor) -> None:
-    from bridgeseg.models.segmentor import LEGACY_OPTIONS
+    from bridgeseg.models.methods.base import LEGACY_OPTIONS
 
     for method in ("bridge", "lseg"):
         old = tiny(method, class_embeddings=class_embeddings, **LEGACY_OPTIONS)
@@ -266,3 +266,14 @@ def test_decoder_stride_8_skips_the_finest_level(method: str, class_embeddings: 
     coarse.train().loss(batch())["loss"].backward()
     with pytest.raises(ValueError, match="4 or 8"):
         tiny(method, class_embeddings=class_embeddings, decoder_stride=16)
+
+
+def test_methods_are_registered_by_name_once() -> None:
+    from bridgeseg.models.methods import BridgeModel, DenseCLIPModel, FPNModel, LSegModel, SegmentationModel
+    from bridgeseg.models.methods.base import method_class, register_method
+
+    assert [method_class(name) for name in list_methods()] == [BridgeModel, DenseCLIPModel, LSegModel, FPNModel]
+    assert [cls.method for cls in (BridgeModel, DenseCLIPModel, LSegModel, FPNModel)] == list_methods()
+    with pytest.raises(ValueError, match="'bridge' is already registered to BridgeModel"):
+        register_method("bridge")(type("Other", (SegmentationModel,), {}))
+    assert method_class("bridge") is BridgeModel

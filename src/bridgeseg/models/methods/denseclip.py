@@ -1,10 +1,68 @@
-"""DenseCLIP's parts (Rao et al., CVPR 2022): dense attention pooling and post-model context prompting."""
+"""DenseCLIP (Rao et al., CVPR 2022) for a given backbone: dense attention pooling, post-model context prompting,
+and the score map on C5."""
 
 from __future__ import annotations
+
+import logging
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from bridgeseg.models.decoders import SemanticFPN
+from bridgeseg.models.fusion import Temperature, cosine_logits
+from bridgeseg.models.heads import ClosedSetHead
+from bridgeseg.models.methods.base import SegmentationModel, register_method
+
+__all__ = ["ContextDecoder", "DenseAttentionPool", "DenseCLIPModel"]
+
+logger = logging.getLogger(__name__)
+
+
+@register_method("denseclip")
+class DenseCLIPModel(SegmentationModel):
+    """DenseCLIP for a given backbone: dense attention pool, context-aware prompting, score map on C5.
+
+    With an open_clip ResNet backbone and a text encoder of the same embedding size, CLIP's own attention pool
+    is used, as DenseCLIP does; otherwise the pool is randomly initialised, as DenseCLIP does for ImageNet
+    backbones.
+    """
+
+    def _build(self) -> None:
+        cfg = self.config
+        channels = self.backbone.channels
+        clip_pool = self.backbone.attention_pool
+        if clip_pool is not None and clip_pool.c_proj.out_features == self.text_dim:
+            spacial_dim = math.isqrt(clip_pool.positional_embedding.shape[0] - 1)
+            pool = DenseAttentionPool(spacial_dim, channels[-1], clip_pool.num_heads, self.text_dim)
+            pool.load_state_dict(clip_pool.state_dict())
+        else:
+            if clip_pool is not None:
+                logger.warning(
+                    "CLIP's attention pool outputs %d dims but the text encoder gives %d; using a random pool",
+                    clip_pool.c_proj.out_features,
+                    self.text_dim,
+                )
+            # 16 = 512 / 32: DenseCLIP's positional grid for 512-px crops.
+            pool = DenseAttentionPool(16, channels[-1], None, self.text_dim)
+        # The backbone's own copy would be an unused parameter set.
+        self.backbone.attention_pool = None
+        self.fusion = nn.ModuleDict({"attention_pool": pool, "context_decoder": ContextDecoder(self.text_dim)})
+        self.decoder = SemanticFPN(
+            [*channels[:-1], channels[-1] + self.num_classes], cfg.decoder_channels, cfg.decoder_stride
+        )
+        self.head = ClosedSetHead(cfg.decoder_channels, self.num_classes)
+        self.score_temperature = Temperature(cfg.tau, cfg.learnable_tau)
+
+    def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
+        features = self.backbone(images)
+        global_embedding, dense = self.fusion["attention_pool"](features[-1])  # [B, Dt], [B, Dt, h, w]
+        context = torch.cat([global_embedding.unsqueeze(1), dense.flatten(2).transpose(1, 2)], dim=1)
+        text = self.fusion["context_decoder"](text_embeddings, context)  # [B, K, Dt]
+        scores = cosine_logits(dense, text, self.score_temperature())  # [B, K, h, w]
+        embeddings = self.decoder([*features[:-1], torch.cat([features[-1], scores], dim=1)])
+        return {"logits": self.head(embeddings), "aux": scores}
 
 
 def _num_heads(channels: int, head_dim: int = 64) -> int:

@@ -1,53 +1,39 @@
-"""Segmentors: the bridge method and its three baselines, built from one config.
+"""The base of every method: its config, the three paths of mmseg's `EncoderDecoder`, and the method registry.
 
-Every segmentor has the three paths of mmseg's `EncoderDecoder`:
+Every segmentation model has
 
 - `loss(batch)` for training,
 - `predict(images, classes)` for inference (eval mode, no grad, whole image or sliding window: the shared loop of
   `bridgeseg.models.prediction`),
 - a pure-tensor `forward(images, text_embeddings)` for export and FLOP counting.
 
-Images enter every path as float tensors scaled to [0, 1]; the segmentor normalises them with its backbone's
+Images enter every path as float tensors scaled to [0, 1]; the model normalises them with its backbone's
 statistics, so data pipelines and exported models need not know them. Inputs of any size are padded by the
 model's one rule (`pad`): the mean colour for images, the ignore label for masks.
+
+A method is a subclass in its own file under `bridgeseg.models.methods`, registered by name with
+`@register_method("name")`; `create_model` builds it from that name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bridgeseg._deprecated import renamed
 from bridgeseg.models.backbones import create_backbone
-from bridgeseg.models.decoders import SemanticFPN
-from bridgeseg.models.denseclip import ContextDecoder, DenseAttentionPool
-from bridgeseg.models.fusion import BridgeFusion, Temperature, cosine_logits
-from bridgeseg.models.heads import ClosedSetHead, LanguageHead, SpatialRegularization
-from bridgeseg.models.prediction import TorchBackend, pad_to_multiple, segment, slide_windows
+from bridgeseg.models.prediction import TorchBackend, pad_to_multiple, segment
 from bridgeseg.models.text import TextEncoder, create_text_encoder
 from bridgeseg.vocabulary import IGNORE_INDEX, check_vocabulary, validate_class_names
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "IGNORE_INDEX",
-    "SEGMENTORS",
-    "BridgeSegmentor",
-    "DenseCLIPSegmentor",
-    "FPNSegmentor",
-    "LSegSegmentor",
-    "ModelConfig",
-    "SegmentationModel",
-    "slide_windows",
-    "validate_class_names",
-]
+__all__ = ["LEGACY_OPTIONS", "ModelConfig", "SegmentationModel", "method_class", "method_names", "register_method"]
 
 
 @dataclasses.dataclass
@@ -403,152 +389,41 @@ def _cross_entropy(logits: Tensor, masks: Tensor) -> Tensor:
     return total / (masks != IGNORE_INDEX).sum().clamp(min=1)
 
 
-class BridgeSegmentor(SegmentationModel):
-    """The paper's method: backbone → BridgeFusion(C5, text) → Semantic FPN → cosine to the fused text tokens."""
+_METHODS: dict[str, type[SegmentationModel]] = {}
 
-    method = "bridge"
-
-    def _build(self) -> None:
-        cfg = self.config
-        if cfg.fusion_levels not in (1, 2):
-            raise ValueError(f"fusion_levels must be 1 (C5) or 2 (C4 and C5), got {cfg.fusion_levels}")
-        channels = list(self.backbone.channels)
-
-        def fusion(in_channels: int, text_dim: int | None) -> BridgeFusion:
-            return BridgeFusion(
-                in_channels,
-                text_dim,
-                dim=cfg.fusion_dim,
-                num_heads=cfg.fusion_heads,
-                num_blocks=cfg.fusion_blocks,
-                bridge=cfg.bridge,
-                v2t_kv_proj=cfg.v2t_kv_proj,
-                cnn_branch=cfg.cnn_branch,
-                identity_start=cfg.identity_start,
-                full_projection=cfg.full_projection,
-            )
-
-        # With two levels, C4's module projects the text and hands its tokens on to C5's.
-        self.fusion_c4 = fusion(channels[-2], self.text_dim) if cfg.fusion_levels == 2 else None
-        self.fusion = fusion(channels[-1], None if self.fusion_c4 is not None else self.text_dim)
-        kept = channels if cfg.keep_c5 else [0] * len(channels)
-        decoder_channels = channels[:-2]
-        decoder_channels.append(kept[-2] + cfg.fusion_dim if self.fusion_c4 is not None else channels[-2])
-        decoder_channels.append(kept[-1] + cfg.fusion_dim + (self.num_classes if cfg.concat_score_map else 0))
-        self.decoder = SemanticFPN(decoder_channels, cfg.decoder_channels, cfg.decoder_stride)
-        self.head = LanguageHead(
-            cfg.decoder_channels, cfg.fusion_dim, cfg.tau, cfg.learnable_tau, pixel_projection=cfg.pixel_projection
-        )
-        self.score_temperature = Temperature(cfg.tau, cfg.learnable_tau)
-
-    @property
-    def open_vocabulary(self) -> bool:
-        return not self.config.concat_score_map
-
-    def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
-        cfg = self.config
-        features = list(self.backbone(images))
-        if self.fusion_c4 is None:
-            pixels, tokens = self.fusion(features[-1], text_embeddings)  # [B, D, h, w], [B, K, D]
-        else:
-            pixels_c4, tokens = self.fusion_c4(features[-2], text_embeddings)
-            features[-2] = torch.cat([features[-2], pixels_c4], dim=1) if cfg.keep_c5 else pixels_c4
-            pixels, tokens = self.fusion(features[-1], tokens=tokens)
-        scores = None
-        if cfg.concat_score_map or (self.training and cfg.aux_weight > 0):
-            scores = cosine_logits(pixels, tokens, self.score_temperature())  # [B, K, h, w]
-        # keep_c5: the untouched C5 goes on beside the fused map, so the fusion can only add to it.
-        top = [features[-1], pixels] if cfg.keep_c5 else [pixels]
-        if cfg.concat_score_map:
-            top.append(scores)
-        embeddings = self.decoder([*features[:-1], torch.cat(top, dim=1)])
-        return {"logits": self.head(embeddings, tokens), "aux": scores}
+ModelClass = TypeVar("ModelClass", bound=type[SegmentationModel])
 
 
-class LSegSegmentor(SegmentationModel):
-    """LSeg: pixel embeddings matched to the text embeddings by cosine, with spatial regularisation blocks."""
+def register_method(name: str) -> Callable[[ModelClass], ModelClass]:
+    """Class decorator adding a method to `create_model` under `name` (its `method` attribute).
 
-    method = "lseg"
+    The class is built as `cls(config, class_embeddings=...)`.
 
-    def _build(self) -> None:
-        cfg = self.config
-        self.decoder = SemanticFPN(self.backbone.channels, cfg.decoder_channels, cfg.decoder_stride)
-        self.head = LanguageHead(
-            cfg.decoder_channels, self.text_dim, cfg.tau, cfg.learnable_tau, pixel_projection=cfg.pixel_projection
-        )
-        self.regularization = SpatialRegularization(num_blocks=2)
-
-    @property
-    def open_vocabulary(self) -> bool:
-        return True
-
-    def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
-        embeddings = self.decoder(self.backbone(images))
-        return {"logits": self.regularization(self.head(embeddings, text_embeddings)), "aux": None}
-
-
-class DenseCLIPSegmentor(SegmentationModel):
-    """DenseCLIP for a given backbone: dense attention pool, context-aware prompting, score map on C5.
-
-    With an open_clip ResNet backbone and a text encoder of the same embedding size, CLIP's own attention pool
-    is used, as DenseCLIP does; otherwise the pool is randomly initialised, as DenseCLIP does for ImageNet
-    backbones.
+    Raises:
+        ValueError: `name` is already registered to another class.
     """
 
-    method = "denseclip"
+    def decorator(cls: ModelClass) -> ModelClass:
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"Method name {name!r} is already registered to {_METHODS[name].__name__}")
+        _METHODS[name] = cls
+        cls.method = name
+        return cls
 
-    def _build(self) -> None:
-        cfg = self.config
-        channels = self.backbone.channels
-        clip_pool = self.backbone.attention_pool
-        if clip_pool is not None and clip_pool.c_proj.out_features == self.text_dim:
-            spacial_dim = math.isqrt(clip_pool.positional_embedding.shape[0] - 1)
-            pool = DenseAttentionPool(spacial_dim, channels[-1], clip_pool.num_heads, self.text_dim)
-            pool.load_state_dict(clip_pool.state_dict())
-        else:
-            if clip_pool is not None:
-                logger.warning(
-                    "CLIP's attention pool outputs %d dims but the text encoder gives %d; using a random pool",
-                    clip_pool.c_proj.out_features,
-                    self.text_dim,
-                )
-            # 16 = 512 / 32: DenseCLIP's positional grid for 512-px crops.
-            pool = DenseAttentionPool(16, channels[-1], None, self.text_dim)
-        # The backbone's own copy would be an unused parameter set.
-        self.backbone.attention_pool = None
-        self.fusion = nn.ModuleDict({"attention_pool": pool, "context_decoder": ContextDecoder(self.text_dim)})
-        self.decoder = SemanticFPN(
-            [*channels[:-1], channels[-1] + self.num_classes], cfg.decoder_channels, cfg.decoder_stride
-        )
-        self.head = ClosedSetHead(cfg.decoder_channels, self.num_classes)
-        self.score_temperature = Temperature(cfg.tau, cfg.learnable_tau)
-
-    def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
-        features = self.backbone(images)
-        global_embedding, dense = self.fusion["attention_pool"](features[-1])  # [B, Dt], [B, Dt, h, w]
-        context = torch.cat([global_embedding.unsqueeze(1), dense.flatten(2).transpose(1, 2)], dim=1)
-        text = self.fusion["context_decoder"](text_embeddings, context)  # [B, K, Dt]
-        scores = cosine_logits(dense, text, self.score_temperature())  # [B, K, h, w]
-        embeddings = self.decoder([*features[:-1], torch.cat([features[-1], scores], dim=1)])
-        return {"logits": self.head(embeddings), "aux": scores}
+    return decorator
 
 
-class FPNSegmentor(SegmentationModel):
-    """The language-free baseline: backbone, Semantic FPN and a 1×1 conv classifier."""
-
-    method = "fpn"
-    uses_text = False
-
-    def _build(self) -> None:
-        self.decoder = SemanticFPN(self.backbone.channels, self.config.decoder_channels, self.config.decoder_stride)
-        self.head = ClosedSetHead(self.config.decoder_channels, self.num_classes)
-
-    def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
-        return {"logits": self.head(self.decoder(self.backbone(images))), "aux": None}
+def method_names() -> list[str]:
+    """The registered method names, in the order they were registered."""
+    return list(_METHODS)
 
 
-SEGMENTORS: dict[str, type[SegmentationModel]] = {
-    cls.method: cls for cls in (BridgeSegmentor, DenseCLIPSegmentor, LSegSegmentor, FPNSegmentor)
-}
+def method_class(name: str) -> type[SegmentationModel]:
+    """The class registered under `name`.
 
-__getattr__ = renamed(__name__, {"Segmentor": ("SegmentationModel", SegmentationModel)})
+    Raises:
+        ValueError: Unknown name; the message lists the valid ones.
+    """
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(_METHODS)}")
+    return _METHODS[name]
