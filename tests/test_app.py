@@ -24,6 +24,7 @@ from bridgeseg.cli import main
 from bridgeseg.data.mosaic import render_val_mosaics
 from bridgeseg.models import create_model
 from bridgeseg.predictor import Predictor
+from bridgeseg.vocabulary import MAX_CLASSES
 
 CLASSES = ["sky", "grass", "cat"]
 
@@ -169,7 +170,7 @@ def test_closed_set_model_refuses_other_classes(tmp_path: Path) -> None:
         ("sky,,cat", "class name 2 of 3 is blank"),
         ("sky, cat,", "is blank"),
         ("cat, sky, cat", "duplicate class names ['cat']"),
-        (",".join(f"class {i}" for i in range(101)), "at most 100"),
+        (",".join(f"class {i}" for i in range(MAX_CLASSES + 1)), f"over the {MAX_CLASSES} accepted in one list"),
         ("x" * 101, "is 101 characters long, over the 100 accepted"),
     ],
 )
@@ -268,7 +269,7 @@ class SlowPredictor:
     def __init__(self, predictor: Predictor) -> None:
         self.method, self.classes, self.open_vocabulary = predictor.method, predictor.classes, predictor.open_vocabulary
         self.size_multiple, self.runtime = predictor.size_multiple, predictor.runtime
-        self.precision = predictor.precision
+        self.precision, self.check_cost = predictor.precision, predictor.check_cost
         self._predict = predictor.predict
         self.started, self.release = threading.Event(), threading.Event()
 

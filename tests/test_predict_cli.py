@@ -173,7 +173,7 @@ def test_precision_option(checkpoint: Path, tmp_path: Path, monkeypatch, caplog,
     assert fp32_mask.shape == bf16_mask.shape
     capsys.readouterr()
     code = predict(tmp_path / "model.onnx", tmp_path / "onnx", image, options=("--precision", "bf16"))
-    assert code == 2 and "PyTorch runtime only" in capsys.readouterr().err
+    assert code == 2 and "PyTorch and OpenVINO runtimes only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("native", [False, True])

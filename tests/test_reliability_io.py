@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -156,3 +157,34 @@ def test_written_files_take_the_umask_and_replaced_files_keep_their_mode(tmp_pat
     finally:
         os.umask(previous)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_fifo_is_refused_quickly_as_an_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Reading a FIFO blocks until a writer comes: `predict` hung on `mkfifo f.png`. It must be refused unread."""
+    from bridgeseg.errors import DatasetError
+    from bridgeseg.images import load_image
+
+    fifo = tmp_path / "f.png"
+    os.mkfifo(fifo)
+    outcome: dict[str, Any] = {}
+
+    def attempt() -> None:
+        with pytest.raises(DatasetError, match="is a FIFO, not a file; give an image file") as refused:
+            load_image(fifo)
+        outcome["message"] = str(refused.value)
+        outcome["code"] = main(
+            ["predict", "--checkpoint", str(tmp_path / "unused"), "--out", str(tmp_path / "out"), str(fifo)]
+        )
+
+    reader = threading.Thread(target=attempt, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer lets the blocked reader return
+        pytest.fail("reading a FIFO blocked")
+    assert outcome["message"].startswith(str(fifo))
+    assert outcome["code"] == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"error: no images found: {fifo}: not a regular file (a FIFO, socket or device); give image files or folders"
+    ]

@@ -2,7 +2,9 @@
 
 Each test is one case of issue 14 ("Reliability, round two"): the limits count what the model really processes
 (padded to its size multiple, resized), `predict` never replaces a file it did not write, one class-list parser
-holds for the CLI, the API and the server, and the server refuses cross-site posts and disconnects quietly.
+holds for the CLI, the API and the server, and the server refuses cross-site posts and disconnects quietly. The
+last section is issue 21's: one logits budget bounds the classes × pixels of every prediction, large images are
+segmented in bounded tiles and bands, and `data mosaic` has bounded sizes.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bridgeseg import budget
 from bridgeseg.app import AppLimits, ClientError, _read_body, create_app
+from bridgeseg.budget import MAX_LOGIT_VALUES, check_logits_budget, plan_logits
 from bridgeseg.checkpoints import save_checkpoint
 from bridgeseg.cli import main
+from bridgeseg.data.mosaic import MAX_IMAGES, MAX_SIZE
 from bridgeseg.errors import ImageError
 from bridgeseg.images import MAX_ASPECT_RATIO, MAX_MODEL_PIXELS, SizeLimits, check_size, processed_size
 from bridgeseg.models import create_model
+from bridgeseg.models import prediction as loop
 from bridgeseg.predictor import Predictor
-from bridgeseg.vocabulary import MAX_CLASS_NAME_LENGTH, parse_class_list
+from bridgeseg.vocabulary import MAX_CLASS_NAME_LENGTH, MAX_CLASSES, parse_class_list
 
 CLASSES = ["salt, pepper", "grass", "cat"]  # a name with a comma: quoted on the command line
 
@@ -284,3 +290,125 @@ def test_blank_and_long_names_are_refused_alike_by_the_cli_the_api_and_the_serve
         predictor.predict(torch.zeros(3, 8, 8), classes=["cat", long_name])
     assert str(refused.value) == long_message
     assert AppLimits().max_class_name_length == MAX_CLASS_NAME_LENGTH
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 21: a bounded cost for every input
+# ---------------------------------------------------------------------------------------------------------------
+
+EVERY_MODE = [
+    {"mode": mode, "flip": flip, "return_probs": probs}
+    for mode in ("whole", "slide")
+    for flip in (False, True)
+    for probs in (False, True)
+]
+
+
+@pytest.mark.parametrize("num_classes", [150, 171])  # ADE20K, COCO-Stuff
+def test_ade_and_coco_stuff_at_512_fit_the_budget_in_every_mode(num_classes: int) -> None:
+    assert num_classes <= MAX_CLASSES
+    for options in EVERY_MODE:
+        assert check_logits_budget(num_classes, 512, 512, **options).values <= MAX_LOGIT_VALUES
+
+
+def test_ten_thousand_names_are_refused_before_they_are_embedded(
+    checkpoint: Path, predictor: Predictor, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    names = [f"class {index}" for index in range(10_000)]
+    # The budget alone, from the sizes: 10,000 classes at 512 × 512 are over it in every mode.
+    for options in EVERY_MODE:
+        with pytest.raises(ValueError, match=r"over the budget of .*; give fewer classes"):
+            check_logits_budget(len(names), 512, 512, **options)
+    # The CLI refuses the list when it parses it, before the model is loaded.
+    (tmp_path / "x.png").write_bytes(png(40, 30))
+    assert predict(checkpoint, tmp_path / "out", tmp_path / "x.png", options=("--classes", ",".join(names))) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: 10000 class names, over the {MAX_CLASSES} accepted in one list; give fewer classes"
+    ]
+    # The API refuses it before the text encoder sees a name.
+    monkeypatch.setattr(predictor.backend, "text_embeddings", lambda classes: pytest.fail("embedded"))
+    with pytest.raises(ValueError, match=f"over the {MAX_CLASSES} accepted"):
+        predictor.predict(torch.zeros(3, 8, 8), classes=names)
+
+
+def test_the_api_and_serve_check_the_budget_on_the_header_before_decoding(
+    predictor: Predictor, client: TestClient, monkeypatch
+) -> None:
+    many = [f"class {index}" for index in range(MAX_CLASSES)]
+    image = png(1024, 1024)  # 1000 classes × 1 Mpx × 3 maps with probabilities: over the budget
+    monkeypatch.setattr("bridgeseg.predictor.to_tensor", lambda *args, **kwargs: pytest.fail("decoded"))
+    with pytest.raises(ValueError, match="do not ask for probabilities"):
+        predictor.predict(image, classes=many, return_probs=True)
+    monkeypatch.setattr("bridgeseg.app.read_image", lambda *args, **kwargs: pytest.fail("decoded"))
+    response = upload(client, image, classes=",".join(many), mode="slide", tta="true")
+    assert response.status_code == 400 and "over the budget" in response.json()["error"]
+    assert AppLimits().max_classes == MAX_CLASSES
+
+
+def test_a_25_megapixel_image_is_planned_in_bounded_memory_without_allocating_it() -> None:
+    side = 4992  # 24.9 Mpx, under the model's 25 Mpx limit
+    for mode in ("whole", "slide"):
+        for flip in (False, True):
+            plan = check_logits_budget(len(CLASSES), side, side, mode, flip)
+            assert plan.values <= MAX_LOGIT_VALUES
+            # Labels only: one tile ("whole") or one band of windows per view ("slide"), never the whole map.
+            assert plan.tile_side or plan.band
+            assert plan.values < len(CLASSES) * side * side
+    # Probabilities are returned whole: [K, H, W] at 25 Mpx with many classes is over the budget.
+    with pytest.raises(ValueError, match="do not ask for probabilities"):
+        check_logits_budget(171, side, side, return_probs=True)
+
+
+def test_ordinary_images_are_segmented_in_one_pass() -> None:
+    for options in EVERY_MODE:
+        plan = plan_logits(len(CLASSES), 1920, 1080, **options)
+        assert not plan.tile_side and not plan.band
+    # Many classes shrink the tiles of "whole" mode to fit the budget rather than refuse the image.
+    plan = check_logits_budget(MAX_CLASSES, 1920, 1080)
+    assert plan.tile_side and plan.values <= MAX_LOGIT_VALUES
+
+
+@pytest.fixture
+def small_tiles(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Tiles of 96 px with 32 px of context, so a 200 px image is tiled as a 25 Mpx one is."""
+    monkeypatch.setattr(budget, "ONE_PASS_SIDE", 96)
+    monkeypatch.setattr(budget, "TILE_SIDE", 96)
+    monkeypatch.setattr(budget, "MIN_TILE_SIDE", 96)
+    monkeypatch.setattr(loop, "TILE_CONTEXT", 32)
+    return 96
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_large_images_are_segmented_tile_by_tile_and_slide_gives_the_same_labels(
+    predictor: Predictor, small_tiles: int, monkeypatch: pytest.MonkeyPatch, flip: bool
+) -> None:
+    backend = predictor.backend
+    image = torch.rand(1, 3, 200, 230, generator=torch.Generator().manual_seed(0))
+    embeddings = backend.text_embeddings(None)
+    with torch.inference_mode():
+        monkeypatch.setattr(budget, "ONE_PASS_SIDE", 4096)
+        whole = loop.segment(backend, image, embeddings, "slide", crop_size=64, stride=40, flip=flip)
+        monkeypatch.setattr(budget, "ONE_PASS_SIDE", small_tiles)
+        inputs: list[tuple[int, int]] = []
+        forward = backend.logits
+        monkeypatch.setattr(
+            backend, "logits", lambda images, text: inputs.append(images.shape[-2:]) or forward(images, text)
+        )
+        banded = loop.segment(backend, image, embeddings, "slide", crop_size=64, stride=40, flip=flip)
+        assert torch.equal(banded, whole)  # the same windows summed in the same order
+        inputs.clear()
+        monkeypatch.setattr(backend, "coarse_logits", None)
+        tiled = loop.segment(backend, image, embeddings, "whole", flip=flip)
+    assert tiled.shape == (1, 200, 230)
+    assert inputs and all(height * width <= small_tiles**2 for height, width in inputs)
+
+
+def test_data_mosaic_refuses_sizes_and_counts_over_its_limits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mosaic"
+    for options, limit in ((("--size", "100000"), MAX_SIZE), (("--num-train", str(MAX_IMAGES + 1)), MAX_IMAGES)):
+        assert main(["data", "mosaic", "--out", str(out), *options]) == 2
+        (line,) = error_lines(capsys.readouterr().err)
+        assert str(limit) in line
+    assert not out.exists()

@@ -86,7 +86,8 @@ class AppLimits:
             it: width × height after padding to its size multiple (a 1,048,576 × 1 strip counts 32 times over).
             PIL's own decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) applies as well.
         max_aspect_ratio: Largest ratio of the long to the short side, after padding.
-        max_classes: Most class names per request.
+        max_classes: Most class names per request (at most `bridgeseg.vocabulary.MAX_CLASSES`); what they cost
+            with the image is bounded by the logits budget shared with the CLI and the API (`bridgeseg.budget`).
         max_class_name_length: Longest class name, in characters.
         max_waiting: Requests that may wait while the model serves another; more get 503.
         wait_timeout_s: Longest wait for the model before a request gets 503.
@@ -291,6 +292,12 @@ def _segment(predictor: "Predictor", request: _SegmentRequest, limits: AppLimits
 
     started = time.perf_counter()
     if request.image_bytes is not None:
+        try:  # the logits budget, on the image's header: before it is decoded or a name embedded
+            predictor.check_cost(request.image_bytes, request.classes, mode=request.mode, tta=request.tta)
+        except ImageError:
+            pass  # not an image: `read_image` says so in the upload's terms
+        except ValueError as error:
+            raise ClientError(400, str(error)) from error
         image = read_image(request.image_bytes, limits, predictor.size_multiple)
     else:
         image = images.to_tensor(_example_image(request.example or ""))

@@ -18,6 +18,7 @@ import contextlib
 import io
 import math
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "SizeLimits",
     "check_size",
     "decode_bytes",
+    "image_size",
     "load_image",
     "load_mask",
     "open_image",
@@ -182,6 +184,7 @@ def open_image(
         DatasetError: It is not an image, or it is too large.
     """
     path = Path(path)
+    _check_regular_file(path, what)
     try:
         image = Image.open(path)
     except FileNotFoundError as error:
@@ -195,6 +198,53 @@ def open_image(
     with image:
         _check_pixels(image, DatasetError, str(path), what, max_pixels, limits)
         yield image
+
+
+def _check_regular_file(path: Path, what: str) -> None:
+    """Refuse a path that exists but is not a regular file (or a link to one): reading a FIFO, a socket or a
+    device blocks or never ends, and a folder is no image.
+
+    Raises:
+        DatasetError: The path is a folder, a FIFO, a socket or a device.
+    """
+    try:
+        mode = path.stat().st_mode  # follows links; stat never blocks, unlike open on a FIFO
+    except (FileNotFoundError, NotADirectoryError):
+        return  # reported as a missing file by the caller
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read {what} ({error}); check the path and its permissions") from error
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise DatasetError(f"{path}: {what} path is {kind}, not a file; give an image file")
+
+
+def image_size(image: ImageInput) -> tuple[int, int]:
+    """The (width, height) of any supported image, from a file's header or an array's shape: nothing is decoded.
+
+    Raises:
+        DatasetError: A file cannot be read.
+        ImageError: Bytes that are not an image.
+        TypeError: An unsupported type.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return probe(image).size
+    if isinstance(image, (bytes, bytearray)):
+        try:
+            with Image.open(io.BytesIO(image)) as opened:
+                orientation = _orientation(opened)
+                width, height = opened.size
+        except (UnidentifiedImageError, Image.DecompressionBombError) as error:
+            raise ImageError(f"not an image ({error}); give an image file's bytes") from error
+        return (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
+    if isinstance(image, Image.Image):
+        return image.size
+    if isinstance(image, np.ndarray) and image.ndim >= 2:
+        return int(image.shape[1]), int(image.shape[0])
+    if isinstance(image, Tensor) and image.dim() >= 2:
+        return int(image.shape[-1]), int(image.shape[-2])
+    raise TypeError(
+        f"unsupported image type {type(image).__name__}; give a path, bytes, PIL image, numpy array or tensor"
+    )
 
 
 def _orientation(image: Image.Image) -> int:

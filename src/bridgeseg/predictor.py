@@ -27,14 +27,15 @@ import torch
 from huggingface_hub import ModelHubMixin
 from torch import Tensor
 
+from bridgeseg.budget import check_logits_budget
 from bridgeseg.checkpoints import CONFIG_NAME, WEIGHTS_NAME, load_model, save_checkpoint
-from bridgeseg.errors import first_line
-from bridgeseg.images import ImageInput, SizeLimits, to_tensor
+from bridgeseg.errors import DatasetError, ImageError, first_line
+from bridgeseg.images import ImageInput, SizeLimits, check_size, image_size, to_tensor
 from bridgeseg.models import SegmentationModel
 from bridgeseg.models.inference import resolve_precision
 from bridgeseg.models.prediction import TorchBackend, segment
 from bridgeseg.options import DEFAULT_PRECISION, check_precision
-from bridgeseg.vocabulary import describe_classes, validate_class_names
+from bridgeseg.vocabulary import check_class_count, describe_classes, validate_class_names
 
 __all__ = ["Prediction", "Predictor"]
 
@@ -234,12 +235,14 @@ class Predictor(
             The prediction, at the input's size.
 
         Raises:
-            ValueError: Bad class list (closed-set model, duplicates, text encoder unavailable), mode, scales
-                (each must be a positive, finite number) or image.
+            ValueError: Bad class list (closed-set model, duplicates, over `MAX_CLASSES` names, text encoder
+                unavailable), mode, scales (each must be a positive, finite number) or image, or the logits would
+                exceed their budget (`bridgeseg.budget`).
             ImageError: The image is too large for `limits` as the model would process it (padded, resized).
             DatasetError: An image file cannot be read, or is too large.
         """
         _check_scales(scales)
+        self.check_cost(image, classes, mode, tta, crop_size, scales, return_probs)
         names, text_embeddings = self._embed(classes)
         tensor = to_tensor(image, limits=self.size_limits(scales))
         views = {"flip": tta, "scales": scales}
@@ -252,6 +255,45 @@ class Predictor(
             classes=names,
             probs=None if probs is None else probs[0].float().cpu().numpy(),
         )
+
+    def check_cost(
+        self,
+        image: ImageInput,
+        classes: Sequence[str] | None = None,
+        mode: str = "whole",
+        tta: bool = False,
+        crop_size: int = 512,
+        scales: Sequence[float] | None = None,
+        return_probs: bool = False,
+    ) -> None:
+        """Refuse a prediction over the logits budget (`bridgeseg.budget`) before a name is embedded or a pixel
+        decoded: the class count and the image's size (from its header, for files and bytes) are enough.
+
+        Args:
+            image: As for `predict`.
+            classes: As for `predict`.
+            mode: As for `predict`.
+            tta: As for `predict`.
+            crop_size: As for `predict`.
+            scales: As for `predict`.
+            return_probs: As for `predict`.
+
+        Raises:
+            ValueError: An invalid class list, over `MAX_CLASSES` names, or over the logits budget; the message says
+                what to reduce.
+            ImageError: The image is too large for `limits` as the model would process it.
+            DatasetError: An image file cannot be read, or is too large for `limits`.
+        """
+        names = self.classes if classes is None else validate_class_names(classes)
+        num_classes = len(names)
+        check_class_count(num_classes)
+        width, height = image_size(image)
+        is_file = isinstance(image, (str, os.PathLike))
+        source = str(image) if is_file else "image"
+        limits = self.size_limits(scales)
+        if limits is not None:  # the model's size limits first: the budget presumes an image the model takes
+            check_size(width, height, limits, source, DatasetError if is_file else ImageError)
+        check_logits_budget(num_classes, width, height, mode, tta, scales, return_probs, crop_size, source=source)
 
     def _embed(self, classes: Sequence[str] | None) -> tuple[list[str], Tensor | None]:
         """Validate a class list and embed it, with a clear error when the text encoder is unavailable."""

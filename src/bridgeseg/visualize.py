@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["colorize", "overlay", "palette"]
+__all__ = ["colorize", "overlay", "palette", "rgb_array"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ _GOLDEN_RATIO = 0.618033988749895
 _SATURATIONS = (0.85, 0.55, 1.0)
 _VALUES = (0.95, 0.75, 0.55, 0.85)
 _UNLABELLED = (0, 0, 0)
+_BLOCK_ROWS = 256  # rows converted and blended at a time: a few MB of float32 for any image width
 _LEGEND_MAX_ROWS = 20  # more would not fit beside a typical image; the rest are summed into one line
 
 
@@ -108,10 +109,15 @@ def overlay(
             f"labels have shape {labels.shape} but the image is {rgb.shape[:2]}; predict at the image's size"
         )
     num_classes = len(class_names)
-    colours = colorize(labels, num_classes).astype(np.float32)
-    valid = ((labels >= 0) & (labels < num_classes))[..., None]
-    blended = np.where(valid, (1.0 - alpha) * rgb.astype(np.float32) + alpha * colours, rgb)
-    result = Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))
+    blended = np.empty_like(rgb)
+    # Blended in blocks of rows: the float32 temporaries of a whole 25 Mpx image would take over a gigabyte.
+    for top in range(0, rgb.shape[0], _BLOCK_ROWS):
+        rows = slice(top, top + _BLOCK_ROWS)
+        colours = colorize(labels[rows], num_classes).astype(np.float32)
+        valid = ((labels[rows] >= 0) & (labels[rows] < num_classes))[..., None]
+        block = np.where(valid, (1.0 - alpha) * rgb[rows].astype(np.float32) + alpha * colours, rgb[rows])
+        blended[rows] = block.round().clip(0, 255).astype(np.uint8)
+    result = Image.fromarray(blended)
     if legend:
         result = _add_legend(result, labels, class_names)
     return result
@@ -174,6 +180,16 @@ def _as_label_array(labels: np.ndarray | torch.Tensor) -> np.ndarray:
     return labels.astype(np.int64, copy=False)
 
 
+def rgb_array(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
+    """Any image `overlay` takes as uint8 RGB [H, W, 3]: a quarter of a float32 tensor's memory, converted in blocks
+    of rows.
+
+    Raises:
+        ValueError: An array or tensor of another shape.
+    """
+    return _as_rgb_array(image)
+
+
 def _as_rgb_array(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
     """Any supported image as uint8 [H, W, 3]."""
     if isinstance(image, Image.Image):
@@ -181,8 +197,12 @@ def _as_rgb_array(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"image tensors must be [3, H, W] scaled to [0, 1], got {tuple(image.shape)}")
-        array = image.detach().float().cpu().expand(3, -1, -1).permute(1, 2, 0).numpy()
-        return (array.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
+        image = image.detach().cpu().expand(3, -1, -1)
+        rgb = np.empty((*image.shape[1:], 3), dtype=np.uint8)
+        for top in range(0, image.shape[1], _BLOCK_ROWS):  # in blocks of rows, as `overlay` blends
+            array = image[:, top : top + _BLOCK_ROWS].float().permute(1, 2, 0).numpy()
+            rgb[top : top + _BLOCK_ROWS] = (array.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
+        return rgb
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[-1] == 4:
         array = array[..., :3]

@@ -22,6 +22,7 @@ __all__ = [
     "IGNORE_INDEX",
     "MAX_CLASSES",
     "MAX_CLASS_NAME_LENGTH",
+    "check_class_count",
     "check_vocabulary",
     "describe_classes",
     "parse_class_list",
@@ -32,8 +33,12 @@ IGNORE_INDEX = 255
 """Mask label of pixels that carry no class: never counted in the loss or the metrics."""
 MAX_CLASS_NAME_LENGTH = 100
 """Longest class name accepted anywhere (the CLI, the Python API, the web app, the models), in characters."""
-MAX_CLASSES = 100
-"""Most class names the web app takes per request."""
+MAX_CLASSES = 1000
+"""Most class names accepted in one list (the CLI, the Python API, the web app). 1000 admits every standard
+segmentation vocabulary with room to spare: ADE20K's 150, COCO-Stuff's 171, PASCAL-Context's 459 and ADE20K-full's
+847 (the largest open-vocabulary benchmark); a list is embedded once by the text encoder (about a second per few
+hundred names on a CPU), so the cap keeps that bounded too. What the names cost per image is bounded separately,
+by the logits budget of `bridgeseg.budget`."""
 
 
 def validate_class_names(classes: Sequence[str]) -> list[str]:
@@ -69,6 +74,16 @@ def validate_class_names(classes: Sequence[str]) -> list[str]:
     return names
 
 
+def check_class_count(count: int, max_classes: int = MAX_CLASSES) -> None:
+    """Refuse a list of more than `max_classes` names, before any is embedded.
+
+    Raises:
+        ValueError: Too many names.
+    """
+    if count > max_classes:
+        raise ValueError(f"{count} class names, over the {max_classes} accepted in one list; give fewer classes")
+
+
 def _check_lengths(names: Sequence[str], max_length: int) -> None:
     long_names = [name for name in names if len(name) > max_length]
     if long_names:
@@ -89,7 +104,7 @@ def _csv_problem(error: csv.Error, max_length: int) -> str:
 
 
 def parse_class_list(
-    text: str | None, max_classes: int | None = None, max_length: int = MAX_CLASS_NAME_LENGTH
+    text: str | None, max_classes: int = MAX_CLASSES, max_length: int = MAX_CLASS_NAME_LENGTH
 ) -> list[str] | None:
     """Split a comma-separated class list (`--classes`, the web form, the Python API) and validate it.
 
@@ -98,7 +113,7 @@ def parse_class_list(
 
     Args:
         text: E.g. ``"sky, road, car"``; None (not given) stays None, meaning the model's own classes.
-        max_classes: Most names accepted, if capped.
+        max_classes: Most names accepted (at most `MAX_CLASSES`).
         max_length: Longest name accepted, in characters (at most `MAX_CLASS_NAME_LENGTH`).
 
     Returns:
@@ -127,8 +142,7 @@ def parse_class_list(
             f"class name{'s' if plural else ''} {', '.join(map(str, blank))} of {len(names)} "
             f"{'are' if plural else 'is'} blank; remove the doubled or trailing comma"
         )
-    if max_classes is not None and len(names) > max_classes:
-        raise ValueError(f"{len(names)} class names; give at most {max_classes}")
+    check_class_count(len(names), min(max_classes, MAX_CLASSES))
     _check_lengths(names, min(max_length, MAX_CLASS_NAME_LENGTH))
     return validate_class_names(names)
 

@@ -204,9 +204,9 @@ def test_predictor_precision_option(class_embeddings: torch.Tensor) -> None:
         size_multiple, pixel_mean, device = 32, torch.zeros(1, 3, 1, 1), torch.device("cpu")
 
     assert Predictor(OtherRuntime()).precision == "fp32"
-    with pytest.raises(ValueError, match="PyTorch runtime only"):
+    with pytest.raises(ValueError, match="PyTorch and OpenVINO runtimes only"):
         Predictor(OtherRuntime(), precision="bf16")
-    with pytest.raises(ValueError, match="PyTorch runtime only"):
+    with pytest.raises(ValueError, match="PyTorch and OpenVINO runtimes only"):
         Predictor.from_checkpoint("model.onnx", precision="bf16")
 
 

@@ -69,7 +69,7 @@ def test_predictor_at_the_static_size_and_below(program: tuple) -> None:
         predictor.predict(torch.rand(3, 100, 100))
     slide = predictor.predict(torch.rand(3, 100, 120), mode="slide", crop_size=64, stride=48)
     assert slide.labels.shape == (100, 120)
-    with pytest.raises(ValueError, match="not available for the executorch runtime"):
+    with pytest.raises(ValueError, match="runtimes only, not to executorch"):
         Predictor.from_checkpoint(path, precision="bf16")
 
 

@@ -2,8 +2,9 @@
 
 For each image `<stem>` it writes `<out>/<stem>_mask.png` (class indices; a palette PNG, or 16-bit beyond 256
 classes), `<out>/<stem>_overlay.png` (colours and a legend) and `<out>/<stem>.json` (size and the share of each
-class present). Unreadable images, and images too large for the model as it would process them (padded to its
-size multiple), are reported and skipped. On a terminal a progress bar counts the images; otherwise (a log file,
+class present). Unreadable images, images too large for the model as it would process them (padded to its
+size multiple), and images whose logits would exceed the budget for the class list (`bridgeseg.budget`) are reported
+and skipped, before they are decoded. On a terminal a progress bar counts the images; otherwise (a log file,
 CI) one line is logged per image.
 
 It never replaces a file it did not write: existing outputs are refused before the model is loaded unless
@@ -32,7 +33,7 @@ from bridgeseg.runtime import RUNTIMES
 
 # The parser is built without torch (`bridgeseg --help` stays fast); the library comes with the command's run.
 if TYPE_CHECKING:
-    from torch import Tensor
+    import numpy as np
 
     from bridgeseg.predictor import Prediction, Predictor
 
@@ -100,8 +101,9 @@ def run(args: argparse.Namespace) -> int:
         ValueError: No image was found; the class list, device or options are invalid; `--out` is an input's
             folder, or holds outputs already and `--overwrite` was not given; a video cannot be read.
     """
-    from bridgeseg.errors import DatasetError, first_line
+    from bridgeseg.errors import first_line
     from bridgeseg.images import load_image
+    from bridgeseg.visualize import rgb_array
     from bridgeseg.vocabulary import parse_class_list
 
     classes = parse_class_list(args.classes)
@@ -128,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
     written = failed = 0
     for path, stem in zip(inputs, stems, strict=True):
         try:
+            # The logits budget depends on the image's size: checked on its header, before it is decoded.
+            predictor.check_cost(path, classes, mode=args.mode, tta=args.tta, crop_size=args.crop_size)
             image = load_image(path, limits=predictor.size_limits())
-        except (DatasetError, OSError) as error:
+        except (ValueError, OSError) as error:
             progress.error(str(error) if str(path) in str(error) else f"{path}: {error}")
             failed += 1
             progress.advance(path, ok=False)
@@ -144,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             progress.advance(path, ok=False)
             continue
+        # The overlay needs 8-bit colours only: the float image (four times larger) is freed before it is drawn.
+        image = rgb_array(image)
         # A ValueError (bad class list or options) would fail for every image, so it ends the command.
         _write_outputs(out_dir, stem, path, image, prediction, ran_with)
         written += 1
@@ -233,8 +239,12 @@ def _collect_images(patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
             images = [c for c in sorted(path.iterdir()) if c.is_file() and c.suffix.lower() in extensions]
             if not images:
                 problems.append(f"{pattern}: no image in this folder ({', '.join(extensions)})")
-        elif path.exists():
+        elif path.is_file():
             images = [path]
+        elif path.exists():
+            # A FIFO, socket or device: reading it would block or never end.
+            images = []
+            problems.append(f"{pattern}: not a regular file (a FIFO, socket or device); give image files or folders")
         elif glob.has_magic(pattern):
             matches = (Path(match) for match in sorted(glob.glob(pattern)))
             images = [m for m in matches if m.is_file() and m.suffix.lower() in extensions]
@@ -305,7 +315,7 @@ def _sanitize_stem(name: str) -> str:
 
 
 def _write_outputs(
-    out_dir: Path, stem: str, path: Path, image: Tensor, prediction: Prediction, ran_with: dict[str, str]
+    out_dir: Path, stem: str, path: Path, image: np.ndarray, prediction: Prediction, ran_with: dict[str, str]
 ) -> None:
     import numpy as np
     from PIL import Image

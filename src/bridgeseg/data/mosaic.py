@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ATTRIBUTION_SOURCES",
+    "MAX_IMAGES",
+    "MAX_SIZE",
+    "MAX_TOTAL_PIXELS",
+    "MIN_SIZE",
     "MOSAIC_SOURCES",
     "MosaicDifficulty",
     "MosaicSource",
@@ -47,6 +51,17 @@ __all__ = [
     "mosaic_classes",
     "split_areas",
 ]
+
+MIN_SIZE = 16
+"""Smallest image side, in pixels: below it a region is a few pixels."""
+MAX_SIZE = 2048
+"""Largest image side, in pixels. The source photos are resampled to the image size before the first image is drawn,
+and each image is drawn in float32: memory grows with the square of the side (`--size 100000` reached 12.5 GB in a
+minute); a 2048 × 2048 mosaic is already far above the 512 × 512 crops the models train on."""
+MAX_IMAGES = 100_000
+"""Most images (train + val) in one mosaic: a thousand times the default, beyond any use of a synthetic set."""
+MAX_TOTAL_PIXELS = 2_000_000_000
+"""Most pixels over all images (about 6 GB of PNG at most): 100,000 images of 141 px, or 476 of 2048 px."""
 
 _GENERATOR_ID = "bridgeseg.data.mosaic"
 _FORMAT_VERSION = 1
@@ -567,8 +582,8 @@ def _settings(size: int, include_cc_by: bool, difficulty: dict[str, Any]) -> tup
         if key in difficulty:
             difficulty[key] = tuple(difficulty[key])
     knobs = MosaicDifficulty(**difficulty)
-    if size < 16:
-        raise ValueError(f"size must be at least 16 px, got {size}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"size must be between {MIN_SIZE} and {MAX_SIZE} px, got {size}; choose a size in that range")
     classes = mosaic_classes(include_cc_by)
     if knobs.num_classes is not None:
         if knobs.num_classes > len(classes):
@@ -657,6 +672,15 @@ def generate_mosaic(
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
         raise ValueError(f"need num_train >= 0, num_val >= 0 and at least one image; got {num_train}, {num_val}")
     knobs, classes = _settings(size, include_cc_by, difficulty)
+    if num_train + num_val > MAX_IMAGES:
+        raise ValueError(
+            f"{num_train} + {num_val} images, over the {MAX_IMAGES} a mosaic holds; ask for fewer train or val images"
+        )
+    if (num_train + num_val) * size * size > MAX_TOTAL_PIXELS:
+        raise ValueError(
+            f"{num_train + num_val} images of {size}×{size} px are {(num_train + num_val) * size * size / 1e9:.1f} G "
+            f"pixels, over the {MAX_TOTAL_PIXELS / 1e9:.0f} G a mosaic holds; ask for fewer or smaller images"
+        )
 
     start = time.perf_counter()
     parts, limits = _prepare_parts(classes, size, knobs.photo_scale, knobs.val_fraction)

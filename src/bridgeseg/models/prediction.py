@@ -3,8 +3,10 @@
 Every runtime answers one question: "logits for these images and these class embeddings". A backend does only
 that (`LogitsBackend`); `segment` does the rest for all of them: padding to the size the network takes, whole or
 sliding-window inference (as mmseg), flip and multi-scale test-time augmentation, and the arg-max or the averaged
-probabilities. `SegmentationModel.predict`, `bridgeseg.Predictor` and validation during training run this loop
-with `TorchBackend`; the ONNX Runtime backend lives in `bridgeseg.onnx`.
+probabilities. Large images are segmented in bounded memory, as `bridgeseg.budget.plan_logits` plans: "whole" tile
+by tile with context around each tile, "slide" one row of windows at a time (exactly as over the whole map).
+`SegmentationModel.predict`, `bridgeseg.Predictor` and validation during training run this loop with
+`TorchBackend`; the ONNX Runtime backend lives in `bridgeseg.onnx`.
 
 The padding rule (`pad_to_multiple`): images are padded on the bottom and right with the model's mean colour,
 which is 0 after normalisation, and masks with `IGNORE_INDEX`, so padding never counts in a loss or a metric.
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bridgeseg.budget import TILE_CONTEXT, plan_logits
 from bridgeseg.models.inference import optimize_for_inference
 
 if TYPE_CHECKING:
@@ -213,6 +216,88 @@ def _slide_logits(
     return logits.div_(counts)
 
 
+def _tiled_labels(
+    backend: LogitsBackend, images: Tensor, text_embeddings: Tensor | None, side: int, flip: bool
+) -> Tensor:
+    """Labels of "whole" inference for a large image, tile by tile: at most `side` × `side` pixels per pass.
+
+    Each tile is segmented with `TILE_CONTEXT` pixels of the image around it, which are then dropped, so the tiles'
+    labels agree with one pass except where the receptive field reaches past the context. Tiles start on multiples
+    of the context (a multiple of 32), so every tile keeps the stride grid of the whole image.
+    """
+    batch, _, height, width = images.shape
+    step = side - 2 * TILE_CONTEXT
+    labels = torch.empty((batch, height, width), dtype=torch.long, device=images.device)
+    for y1 in range(0, height, step):
+        for x1 in range(0, width, step):
+            y2, x2 = min(y1 + step, height), min(x1 + step, width)
+            top, left = max(y1 - TILE_CONTEXT, 0), max(x1 - TILE_CONTEXT, 0)
+            bottom, right = min(y2 + TILE_CONTEXT, height), min(x2 + TILE_CONTEXT, width)
+            tile = segment(backend, images[..., top:bottom, left:right], text_embeddings, "whole", flip=flip)
+            labels[..., y1:y2, x1:x2] = tile[..., y1 - top : y2 - top, x1 - left : x2 - left]
+    return labels
+
+
+def _banded_slide_labels(
+    backend: LogitsBackend, images: Tensor, text_embeddings: Tensor | None, crop_size: int, stride: int, flip: bool
+) -> Tensor:
+    """Labels of "slide" inference holding one row of windows at a time: `crop_size` rows of logits per view.
+
+    The windows are those of `_slide_logits`, summed in the same order, so every pixel gets the same logits, and
+    rows are finished (averaged, flipped back, arg-maxed) as soon as no later window covers them. The mirrored
+    view's windows are cut from the image and mirrored one by one, so the image is never copied whole.
+    """
+    batch, _, height, width = images.shape
+    mirrors = (False, True) if flip else (False,)
+    labels = torch.empty((batch, height, width), dtype=torch.long, device=images.device)
+    bands: list[Tensor] = []  # per view [B, K, bottom - top, W]: the rows [top, bottom) being accumulated
+    counts = images.new_zeros((1, 1, 0, width))
+    top = bottom = done = 0
+
+    def finish(end: int) -> None:
+        """Arg-max the rows [done, end), which no later window covers."""
+        probs: Tensor | None = None
+        for band, mirrored in zip(bands, mirrors, strict=True):
+            logits = band[..., done - top : end - top, :] / counts[..., done - top : end - top, :]
+            if mirrored:
+                logits = logits.flip(-1)
+            if not flip:
+                labels[..., done:end, :] = logits.argmax(dim=1)
+                return
+            view_probs = logits.float().softmax(dim=1)
+            probs = view_probs if probs is None else probs.add_(view_probs)
+        labels[..., done:end, :] = probs.div_(len(mirrors)).argmax(dim=1)
+
+    for y1, y2, x1, x2 in slide_windows(height, width, crop_size, stride):
+        if y1 > done and bands:
+            finish(y1)
+            done = y1
+        if y2 > bottom and bands:  # the next row of windows: move the bands down, keeping the rows they share
+            kept = slice(y1 - top, bottom - top)
+            bands = [_moved(band, band[..., kept, :], y2 - y1) for band in bands]
+            counts = _moved(counts, counts[..., kept, :], y2 - y1)
+            top, bottom = y1, y2
+        for index, mirrored in enumerate(mirrors):
+            # Window x1:x2 of the mirrored image is the mirror of the image's columns width-x2:width-x1.
+            cut = images[..., y1:y2, width - x2 : width - x1].flip(-1) if mirrored else images[..., y1:y2, x1:x2]
+            window = _padded_logits(backend, cut, text_embeddings)
+            if not bands:
+                bands = [window.new_zeros((batch, window.shape[1], y2 - y1, width)) for _ in mirrors]
+                counts = images.new_zeros((1, 1, y2 - y1, width))
+                top, bottom = y1, y2
+            bands[index][..., y1 - top : y2 - top, x1:x2] += window
+        counts[..., y1 - top : y2 - top, x1:x2] += 1
+    finish(height)
+    return labels
+
+
+def _moved(band: Tensor, kept: Tensor, rows: int) -> Tensor:
+    """A zeroed band of `rows` rows whose first rows are `kept`."""
+    moved = band.new_zeros((*band.shape[:-2], rows, band.shape[-1]))
+    moved[..., : kept.shape[-2], :] = kept
+    return moved
+
+
 def segment(
     backend: LogitsBackend,
     images: Tensor,
@@ -254,6 +339,14 @@ def segment(
         raise ValueError(f"unknown inference mode {mode!r}; use 'whole' or 'slide'")
     output_size = tuple(output_size or images.shape[-2:])
     images = images.to(device=backend.device, dtype=torch.float32)
+    if not return_probs and output_size == tuple(images.shape[-2:]):
+        num_classes = len(text_embeddings) if text_embeddings is not None else len(getattr(backend, "classes", ()))
+        height, width = images.shape[-2:]
+        plan = plan_logits(max(num_classes, 1), width, height, mode, flip, scales, crop_size=crop_size)
+        if plan.tile_side:
+            return _tiled_labels(backend, images, text_embeddings, plan.tile_side, flip)
+        if plan.band:
+            return _banded_slide_labels(backend, images, text_embeddings, crop_size, stride, flip)
     # One view and no probabilities asked for: softmax keeps the order of the classes, so the labels are the
     # arg-max of the logits; this skips a softmax over [B, K, H, W] (most of the time on a CPU with many classes).
     labels_only = not return_probs and not flip and len(scales or (1.0,)) == 1
@@ -283,6 +376,7 @@ def segment(
             if labels_only:
                 return logits.argmax(dim=1)
             view_probs = logits.float().softmax(dim=1)
+            del logits  # before the next view's logits: at most three [B, K, H, W] maps at once (see bridgeseg.budget)
             probs = view_probs if probs is None else probs.add_(view_probs)  # [B, K, H, W]: no copies
             views += 1
     probs = probs.div_(views)
