@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bridgeseg.cli import _video
 from bridgeseg.cli._options import add_checkpoint_argument, check_device
 from bridgeseg.io import check_output_folder, refuse_existing, write_atomically
 from bridgeseg.options import DEFAULT_PRECISION, MODES, PRECISIONS
@@ -48,9 +49,14 @@ def _predict_extensions() -> tuple[str, ...]:
     return (*IMAGE_EXTENSIONS, ".webp", ".gif")
 
 
+def _input_extensions() -> tuple[str, ...]:
+    """What a folder or a glob contributes: images and videos."""
+    return (*_predict_extensions(), *_video.video_extensions())
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("predict", help="segment images, folders or globs with any class list")
-    parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    parser = commands.add_parser("predict", help="segment images, videos, folders or globs with any class list")
+    parser.add_argument("images", nargs="+", help="image or video files, folders or glob patterns")
     add_checkpoint_argument(parser, "model folder, .safetensors, .ckpt or .onnx")
     parser.add_argument(
         "--out", required=True, help="output folder (nothing is written outside it; not an input's folder)"
@@ -80,19 +86,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "fp32 elsewhere (default: %(default)s)",
     )
     parser.add_argument("--device", default="cpu")
+    _video.add_video_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment every image, one at a time.
+    """Segment every image, one at a time, then every video, frame by frame (`bridgeseg.cli._video`).
 
     Returns:
-        0 when every image was segmented, 1 when some failed.
+        0 when every input was segmented, 1 when some failed.
 
     Raises:
         CheckpointError: The checkpoint cannot be loaded.
         ValueError: No image was found; the class list, device or options are invalid; `--out` is an input's
-            folder, or holds outputs already and `--overwrite` was not given.
+            folder, or holds outputs already and `--overwrite` was not given; a video cannot be read.
     """
     from bridgeseg.errors import first_line
     from bridgeseg.images import load_image
@@ -105,7 +112,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"no images found: {'; '.join(problems)}")
     out_dir = Path(args.out)
     stems = _output_stems(inputs)
-    _check_out_dir(out_dir, inputs, stems, args.overwrite)
+    images, videos = _video.split_videos(inputs)
+    image_stems = [stem for path, stem in zip(inputs, stems, strict=True) if path in images]
+    video_stems = [stem for path, stem in zip(inputs, stems, strict=True) if path in videos]
+    _check_out_dir(out_dir, inputs, _all_output_names(args, inputs, stems, videos), args.overwrite)
+    _video.check_options(args)
+    video_infos = _video.probe_videos(videos)  # an unreadable video stops the command before the model loads
+    inputs, stems = images, image_stems
     predictor = _load(args)
     # Said once on screen and recorded in every JSON: the labels depend on the runtime and the precision.
     ran_with = {"runtime": predictor.runtime, "precision": predictor.precision}
@@ -144,7 +157,12 @@ def run(args: argparse.Namespace) -> int:
         # Free this image's buffers before the next one is decoded: peak memory stays one image's worth.
         del image, prediction
     progress.close()
-    print(f"wrote results for {written} of {written + failed} images to {out_dir}")
+    if videos:
+        videos_written, videos_failed = _video.run_videos(
+            args, predictor, videos, video_infos, video_stems, classes, ran_with, progress.error
+        )
+        written, failed = written + videos_written, failed + videos_failed
+    print(f"wrote results for {written} of {written + failed} {'inputs' if videos else 'images'} to {out_dir}")
     if failed or problems:
         print(f"{failed + len(problems)} input(s) failed; see the errors above", file=sys.stderr)
         return 1
@@ -212,7 +230,7 @@ def _collect_images(patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
     Returns:
         The files, and one problem line for each argument that gave no image.
     """
-    extensions = _predict_extensions()
+    extensions = _input_extensions()
     found: dict[Path, Path] = {}
     problems: list[str] = []
     for pattern in patterns:
@@ -245,7 +263,17 @@ def _output_names(stem: str) -> tuple[str, str, str]:
     return f"{stem}_mask.png", f"{stem}_overlay.png", f"{stem}.json"
 
 
-def _check_out_dir(out_dir: Path, inputs: Sequence[Path], stems: Sequence[str], overwrite: bool) -> None:
+def _all_output_names(
+    args: argparse.Namespace, inputs: Sequence[Path], stems: Sequence[str], videos: Sequence[Path]
+) -> list[str]:
+    """Every file (or folder) name the command writes: an image's three, a video's four."""
+    names: list[str] = []
+    for path, stem in zip(inputs, stems, strict=True):
+        names += _video.output_names(stem, args) if path in videos else _output_names(stem)
+    return names
+
+
+def _check_out_dir(out_dir: Path, inputs: Sequence[Path], names: Sequence[str], overwrite: bool) -> None:
     """Refuse an `--out` that is a file or an input's folder, or that holds outputs already (unless `overwrite`).
 
     Raises:
@@ -259,8 +287,7 @@ def _check_out_dir(out_dir: Path, inputs: Sequence[Path], stems: Sequence[str], 
                 f"--out {out_dir} is the folder of the input {path}: the results would replace files there (such as "
                 "a ground-truth <name>_mask.png) and be read as inputs next time; choose another --out folder"
             )
-    outputs = [out_dir / name for stem in stems for name in _output_names(stem)]
-    refuse_existing(outputs, overwrite, "--out", folder=out_dir)
+    refuse_existing([out_dir / name for name in names], overwrite, "--out", folder=out_dir)
 
 
 def _output_stems(paths: Sequence[Path]) -> list[str]:
@@ -280,7 +307,7 @@ def _output_stems(paths: Sequence[Path]) -> list[str]:
 
 
 def _sanitize_stem(name: str) -> str:
-    stem = Path(name).stem if Path(name).suffix.lower() in _predict_extensions() else name
+    stem = Path(name).stem if Path(name).suffix.lower() in _input_extensions() else name
     stem = re.sub(r"[^\w.-]+", "_", stem)
     # No hidden files, no "." or "..", nothing that reads as an option.
     stem = stem.strip("._-")[:_MAX_STEM_LENGTH]

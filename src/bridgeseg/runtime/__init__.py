@@ -1,7 +1,8 @@
 """Inference on any runtime: the `Predictor` (`predictor`), and the backends of the one prediction loop — PyTorch
 (`pytorch`: the optimised copy, bf16 autocast), ONNX Runtime (`onnx`, with export and int8 `quantization`),
-OpenVINO (`openvino`) and ExecuTorch with XNNPACK (`executorch`) — with what the CPU offers (`cpu`). Each runtime's
-module imports its package only when used."""
+OpenVINO (`openvino`) and ExecuTorch with XNNPACK (`executorch`) — with what the CPU offers (`cpu`); and sources
+beyond single images: video files through PyAV (`video`). Each runtime's module imports its package only when
+used."""
 
 from __future__ import annotations
 
