@@ -244,7 +244,7 @@ class Predictor(
         """
         _check_scales(scales)
         self.check_cost(image, classes, mode, tta, crop_size, scales, return_probs)
-        names, text_embeddings = self._embed(classes)
+        names, text_embeddings = self.embed_classes(classes)
         tensor = to_tensor(image, limits=self.size_limits(scales))
         views = {"flip": tta, "scales": scales}
         windows = {"mode": mode, "crop_size": crop_size, "stride": stride}
@@ -296,8 +296,18 @@ class Predictor(
             check_size(width, height, limits, source, DatasetError if is_file else ImageError)
         check_logits_budget(num_classes, width, height, mode, tta, scales, return_probs, crop_size, source=source)
 
-    def _embed(self, classes: Sequence[str] | None) -> tuple[list[str], Tensor | None]:
-        """Validate a class list and embed it, with a clear error when the text encoder is unavailable."""
+    def embed_classes(self, classes: Sequence[str] | None) -> tuple[list[str], Tensor | None]:
+        """Validate a class list and embed it, with a clear error when the text encoder is unavailable.
+
+        Args:
+            classes: Class names; None: the model's own.
+
+        Returns:
+            The validated names, and their embeddings [K, Dt] for the backend (None for a text-free model).
+
+        Raises:
+            ValueError: A bad class list, new names for a closed-set model, or an unavailable text encoder.
+        """
         names = self.classes if classes is None else validate_class_names(classes)
         if names == self.classes:
             return names, self.backend.text_embeddings(None)

@@ -603,7 +603,7 @@ def segment_video(
     smoother = TemporalSmoother(smooth, cut_threshold)
     if smooth and (mode != "whole" or tta):
         raise ValueError("temporal smoothing averages one whole-image pass per frame: use it without slide or tta")
-    names, text_embeddings = predictor._embed(classes)
+    names, text_embeddings = predictor.embed_classes(classes)
     path, out_dir = Path(path), Path(out_dir)
     stem = stem or path.stem
     info = probe_video(path)
