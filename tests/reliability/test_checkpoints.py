@@ -294,7 +294,7 @@ def test_export_to_an_unwritable_place_fails_before_the_export(
     def no_export(*args, **kwargs):
         raise AssertionError("the model was exported before the destination was checked")
 
-    monkeypatch.setattr(bridgeseg.runtime.onnx, "_export_torchscript", no_export)
+    monkeypatch.setattr(bridgeseg.runtime.onnx.export, "_export_torchscript", no_export)
     (tmp_path / "file").write_text("a file, not a folder")
     target = tmp_path / "file" / "model.onnx"
     code, error = run_cli(capsys, "export", "--checkpoint", str(checkpoint), "--onnx", str(target))

@@ -161,7 +161,7 @@ def test_onnx_predictor_embeds_new_classes_with_the_metadata_text_encoder(export
         requested.append(spec)
         return FakeEncoder()
 
-    monkeypatch.setattr(bridgeseg.runtime.onnx, "create_text_encoder", fake_create_text_encoder)
+    monkeypatch.setattr(bridgeseg.runtime.onnx.backend, "create_text_encoder", fake_create_text_encoder)
     predictor = Predictor.from_checkpoint(path)
     image = torch.rand(3, 64, 96)
     prediction = predictor.predict(image, classes=new_classes, return_probs=True)
