@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _compare_plan import Run
@@ -39,10 +40,24 @@ def _exit_when_orphaned(parent: int, poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-when-orphaned", daemon=True).start()
 
 
-def run_all(runs: list[Run], data_root: Path, raw_dir: Path, workers: int) -> None:
-    """Run every unfinished run, `workers` at a time, each in a worker process that keeps its imports."""
+def run_all(
+    runs: list[Run],
+    data_root: Path,
+    raw_dir: Path,
+    workers: int,
+    execute: Callable[[Run, Path, Path], dict] | None = None,
+    is_finished: Callable[[Run, Path], bool] | None = None,
+) -> None:
+    """Run every unfinished run, `workers` at a time, each in a worker process that keeps its imports.
+
+    `execute` and `is_finished` default to the comparison's (`_compare_run`); another study passes its own, as
+    module-level functions (the workers are spawned, so they must be importable).
+    """
     # Here: a worker's orphan watch (above) must start without waiting for torch and Lightning to import.
-    from _compare_run import execute, is_finished
+    import _compare_run
+
+    execute = execute or _compare_run.execute
+    is_finished = is_finished or _compare_run.is_finished
 
     todo = [run for run in runs if not is_finished(run, raw_dir)]
     logger.info("%d runs planned, %d finished already, %d to do", len(runs), len(runs) - len(todo), len(todo))

@@ -10,6 +10,7 @@ import math
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,27 @@ def cli_arguments(run: Run, data_dir: Path, run_dir: Path) -> list[str]:
     return [item for pair in overrides.items() for item in pair]
 
 
-def execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
-    """Train and evaluate one run in this process; write and return its record."""
+def execute(
+    run: Run,
+    data_root: Path,
+    raw_dir: Path,
+    *,
+    extra_arguments: Sequence[str] = (),
+    save_model: Path | None = None,
+    vocabulary: bool = True,
+    extra_record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate one run in this process; write and return its record.
+
+    Args:
+        run: The run.
+        data_root: Where the datasets are.
+        raw_dir: Where the record goes.
+        extra_arguments: More `bridgeseg fit` arguments (another study's, e.g. `--model.init_from`).
+        save_model: Keep the trained model there, as a checkpoint folder (the run's own folder is deleted).
+        vocabulary: Record the open-vocabulary protocol where `records_vocabulary` says so.
+        extra_record: More fields of the record.
+    """
     import lightning.pytorch as pl
     import torch
 
@@ -79,7 +99,7 @@ def execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
     data_dir = data_root / run.dataset
     run_dir = raw_dir / "runs" / run.name
     started = time.perf_counter()
-    cli = run_lightning_cli(cli_arguments(run, data_dir, run_dir), run=False)
+    cli = run_lightning_cli([*cli_arguments(run, data_dir, run_dir), *extra_arguments], run=False)
     timer = StepTimer()
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -107,7 +127,7 @@ def execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
     if run.dataset == HELDOUT_DATASET:
         # Trained on the seen names only; evaluated on the complete mosaic's val with every name.
         record["heldout"] = heldout_metrics(model, data_root / "mosaic", record["mIoU"])
-    elif records_vocabulary(run):
+    elif vocabulary and records_vocabulary(run):
         record["vocabulary"] = vocabulary_metrics(model, data_dir, classes, paraphrases)
     # How much of each residual update the trained fusion module lets through (identity start begins at 1e-4):
     # near 1e-4 after training means the bridge is not used.
@@ -133,6 +153,11 @@ def execute(run: Run, data_root: Path, raw_dir: Path) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+    record |= extra_record or {}
+    if save_model is not None:
+        from bridgeseg.checkpoints import save_checkpoint
+
+        save_checkpoint(model, save_model)
     shutil.rmtree(run_dir, ignore_errors=True)  # only the record is kept
     text = json.dumps(record, indent=1) + "\n"
     write_atomically(raw_dir / f"{run.name}.json", lambda handle: handle.write(text.encode()))

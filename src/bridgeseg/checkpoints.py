@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -37,10 +36,18 @@ from torch import Tensor
 
 from bridgeseg._version import __version__
 from bridgeseg.errors import CheckpointError, first_line
-from bridgeseg.io import checkpoint_error, write_atomically
+from bridgeseg.io import write_atomically
 from bridgeseg.models import ModelConfig, SegmentationModel, create_model
+from bridgeseg.models.saved import (
+    CONFIG_NAME,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HASH_KEY,
+    METADATA_KEY,
+    WEIGHTS_NAME,
+    read_saved_model,
+)
 from bridgeseg.models.text import DEFAULT_TEMPLATES
-from bridgeseg.models.weights import load_torch_file, read_safetensors
 
 __all__ = [
     "CONFIG_NAME",
@@ -54,16 +61,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-FORMAT_NAME = "bridgeseg"
-FORMAT_VERSION = 1
-# The safetensors header keeps a copy of config.json: the weights file alone is enough, and a save interrupted
-# between the two files is detected (their save ids differ) instead of pairing new weights with an old config.
-_METADATA_KEY = "bridgeseg_config"
-# In config.json only (the copy in the weights' header cannot hold the hash of the file it is in).
-_HASH_KEY = "weights_sha256"
 
 
 def save_checkpoint(model: SegmentationModel | Any, directory: str | os.PathLike[str]) -> Path:
@@ -87,9 +84,9 @@ def save_checkpoint(model: SegmentationModel | Any, directory: str | os.PathLike
     tensors = {
         name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in segmentor.state_dict().items()
     }
-    payload = safetensors.torch.save(tensors, metadata={"format": "pt", _METADATA_KEY: json.dumps(config)})
+    payload = safetensors.torch.save(tensors, metadata={"format": "pt", METADATA_KEY: json.dumps(config)})
     write_atomically(directory / WEIGHTS_NAME, lambda file: file.write(payload))
-    config[_HASH_KEY] = hashlib.sha256(payload).hexdigest()
+    config[HASH_KEY] = hashlib.sha256(payload).hexdigest()
     text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
     write_atomically(directory / CONFIG_NAME, lambda file: file.write(text.encode("utf-8")))
     logger.info("saved %s checkpoint (%d classes) to %s", segmentor.method, segmentor.num_classes, directory)
@@ -144,129 +141,9 @@ def load_model(
         CheckpointError: The path is missing, corrupt or truncated, holds a pickle that would execute code, is
             not a bridgeseg checkpoint, or holds another method than `method`.
     """
-    path = Path(path)
-    try:
-        path.stat()
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise checkpoint_error(path, error) from error
-        if path.is_symlink():
-            raise CheckpointError(
-                f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; point it at a checkpoint"
-            ) from error
-        raise CheckpointError(
-            f"{path}: no such checkpoint; give a model folder, a .safetensors or a .ckpt file"
-        ) from error
-    if path.is_dir():
-        weights = path / WEIGHTS_NAME
-        if not weights.is_file():
-            raise CheckpointError(f"{path}: not a checkpoint folder (no {WEIGHTS_NAME}){_ckpt_hint(path)}")
-        config, state = _read_safetensors(weights)
-    elif path.name == CONFIG_NAME:
-        return load_model(path.parent, device, method)
-    elif path.suffix == ".safetensors":
-        config, state = _read_safetensors(path)
-    elif path.suffix == ".onnx":
-        raise CheckpointError(
-            f"{path}: an ONNX model, not a PyTorch checkpoint: `bridgeseg predict`, `bridgeseg serve` and "
-            "`Predictor.from_checkpoint` run it as it is; `bridgeseg export` needs the model folder, .safetensors or "
-            ".ckpt it was exported from"
-        )
-    else:
-        config, state = _read_training_checkpoint(path)
-    model = _rebuild(config, state, path, method)
+    config, state = read_saved_model(path)
+    model = _rebuild(config, state, Path(path), method)
     return model.to(device).eval()
-
-
-def _ckpt_hint(directory: Path) -> str:
-    candidates = sorted(directory.glob("*.ckpt")) + sorted(directory.glob("checkpoints/*.ckpt"))
-    if not candidates:
-        return ""
-    return f"; did you mean {', '.join(str(c) for c in candidates[:3])}?"
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """The model config and the weights of a safetensors checkpoint; config.json next to it wins if it matches."""
-    try:
-        state, metadata = read_safetensors(path)
-    except Exception as error:  # safetensors raises its own error type for every kind of damage
-        raise CheckpointError(
-            f"{path}: corrupt or truncated safetensors file ({error}); re-save or re-download it"
-        ) from error
-    embedded = None
-    if _METADATA_KEY in metadata:
-        try:
-            embedded = json.loads(metadata[_METADATA_KEY])
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"{path}: the config in the file's header is not valid JSON ({error})") from error
-    config_path = path.parent / CONFIG_NAME
-    if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            if embedded is None:
-                raise CheckpointError(f"{config_path}: not valid JSON ({error}); restore it") from error
-            logger.warning("%s is not valid JSON (%s); using the copy saved in %s", config_path, error, path.name)
-            config = embedded
-        if embedded is not None and config.get("save_id") and config.get("save_id") != embedded.get("save_id"):
-            logger.warning(
-                "%s and %s come from different saves (was a save interrupted?); using the config saved with the "
-                "weights",
-                config_path,
-                path.name,
-            )
-            config = embedded
-    elif embedded is not None:
-        config = embedded
-    else:
-        raise CheckpointError(
-            f"{path}: no {CONFIG_NAME} beside it and no bridgeseg config in the file; not a bridgeseg checkpoint"
-        )
-    _check_format(config, path)
-    if isinstance(config.get(_HASH_KEY), str):  # only config.json holds it; older checkpoints have none
-        _check_hash(path, config[_HASH_KEY])
-    return config["model"], state
-
-
-def _check_hash(path: Path, expected: str) -> None:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected.lower():
-        raise CheckpointError(
-            f"{path}: the weights are damaged: their SHA-256 is not the one recorded in {CONFIG_NAME} when they were "
-            "saved (a corrupted copy or disk); re-copy or re-export the checkpoint"
-        )
-
-
-def _check_format(config: Any, path: Path) -> None:
-    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME or not isinstance(config.get("model"), dict):
-        raise CheckpointError(f"{path}: not a bridgeseg checkpoint (its config lacks format '{FORMAT_NAME}')")
-    version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format {version!r} was written by bridgeseg {config.get('bridgeseg_version')}; "
-            f"this bridgeseg reads format {FORMAT_VERSION}: upgrade bridgeseg"
-        )
-
-
-def _read_training_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """The model config and the segmentor's weights of a Lightning checkpoint, read without unpickling code."""
-    try:
-        checkpoint = load_torch_file(path)
-    except Exception as error:  # torch.load raises anything from UnpicklingError to RuntimeError and KeyError
-        raise checkpoint_error(path, error) from error
-    hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    net = hyper_parameters.get("net") if isinstance(hyper_parameters, dict) else None
-    state_dict = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not isinstance(net, dict) or not isinstance(state_dict, dict):
-        raise CheckpointError(
-            f"{path}: not a bridgeseg training checkpoint (no hyper_parameters.net and state_dict); "
-            "give a checkpoint written by `bridgeseg fit` or a folder written by `bridgeseg export`"
-        )
-    state = {name[len("model.") :]: tensor for name, tensor in state_dict.items() if name.startswith("model.")}
-    return net, state
 
 
 def _rebuild(config: dict[str, Any], state: dict[str, Tensor], path: Path, method: str | None) -> SegmentationModel:

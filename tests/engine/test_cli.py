@@ -102,7 +102,9 @@ def test_fit_output_has_an_iteration_bar_each_lightning_line_once_and_no_noise(d
         assert text not in output, text
 
 
-def test_resume_refuses_other_classes_or_another_method(data_root: Path, tmp_path: Path, capsys) -> None:
+def test_resume_refuses_other_classes_or_another_method_and_points_to_init_from(
+    data_root: Path, tmp_path: Path, capsys
+) -> None:
     import shutil
 
     from tests.engine.helpers import run_cli
@@ -115,8 +117,8 @@ def test_resume_refuses_other_classes_or_another_method(data_root: Path, tmp_pat
     (other / "classes.txt").write_text("water\nsand\nrock\n")
     start = f"error: --ckpt_path {last}: a resume must use the same classes and method as the checkpoint ("
     advice = (
-        "to start from its weights on a new vocabulary, fine-tune instead with `--model.init_from` (planned; see "
-        "docs/training.md), or drop --ckpt_path to train from scratch"
+        f"to start from its weights on a new vocabulary, fine-tune instead with `--model.init_from {last}` (and no "
+        "--ckpt_path), or drop --ckpt_path to train from scratch"
     )
 
     code, error = run_cli(capsys, "fit", *fit_args(other, run, max_steps=4), "--ckpt_path", str(last))
@@ -130,3 +132,12 @@ def test_resume_refuses_other_classes_or_another_method(data_root: Path, tmp_pat
     code, error = run_cli(capsys, "fit", *fit_args(data_root, run, max_steps=4), *method, "--ckpt_path", str(last))
     assert code == 2 and "method 'bridge' in the checkpoint, 'fpn' in this run" in error, error
     assert last.read_bytes() == before
+
+    # The advice works: the training checkpoint starts a run on the other classes.
+    code, error = run_cli(
+        capsys, "fit", *fit_args(other, tmp_path / "tuned", max_steps=1), "--model.init_from", str(last)
+    )
+    assert code == 0, error
+    assert load_checkpoint(tmp_path / "tuned" / "checkpoints" / "last.ckpt")["hyper_parameters"]["init_from"] == str(
+        last
+    )

@@ -298,12 +298,16 @@ class BridgesegCLI(LightningCLI):
             raise CheckpointError(
                 f"--ckpt_path {path}: a resume must use the same classes and method as the checkpoint "
                 f"({'; '.join(differences)}); to start from its weights on a new vocabulary, fine-tune instead "
-                "with `--model.init_from` (planned; see docs/training.md), or drop --ckpt_path to train from scratch"
+                f"with `--model.init_from {path}` (and no --ckpt_path), or drop --ckpt_path to train from scratch"
             )
 
     def before_fit(self) -> None:
         self._resolve_last_checkpoint()
         self._check_resume()
+        if self.config_init[self.subcommand].get("ckpt_path") and isinstance(self.model, SegmentationTask):
+            if self.model.hparams.get("init_from"):
+                logger.info("Resuming: --model.init_from is not applied (the checkpoint restores every weight)")
+            self.model.skip_init_from = True
         datamodule = self.datamodule
         if isinstance(datamodule, SegmentationDataModule):
             checked = datamodule.check_val_sample()

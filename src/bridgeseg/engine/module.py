@@ -9,10 +9,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 
 from bridgeseg.engine.metrics import SegmentationMetric, format_table
 from bridgeseg.models import ModelConfig, SegmentationModel, create_model
+from bridgeseg.models.transfer import TransferReport, init_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,9 @@ class SegmentationTask(pl.LightningModule):
     Args:
         net: The model config (method, backbone, text encoder, fusion options...).
         classes: Class names; linked from the data module by the CLI, overriding `net.classes`.
+        init_from: Fine-tune: a checkpoint (model folder, `.safetensors` or Lightning `.ckpt`) of the same method
+            and backbone whose weights start the run, on the run's classes (`bridgeseg.models.transfer`). Applied
+            when `fit` starts, and not when it resumes (`--ckpt_path`), which restores everything anyway.
         lr: Base learning rate (AdamW).
         weight_decay: AdamW weight decay (not applied to norms and biases).
         backbone_lr_mult: Learning-rate multiplier of the backbone.
@@ -78,6 +83,7 @@ class SegmentationTask(pl.LightningModule):
         self,
         net: ModelConfig | None = None,
         classes: list[str] | None = None,
+        init_from: str | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
         backbone_lr_mult: float = 0.1,
@@ -106,6 +112,7 @@ class SegmentationTask(pl.LightningModule):
             {
                 "net": net.to_dict(),
                 "classes": list(net.classes),
+                "init_from": str(init_from) if init_from else None,
                 "lr": lr,
                 "weight_decay": weight_decay,
                 "backbone_lr_mult": backbone_lr_mult,
@@ -124,10 +131,22 @@ class SegmentationTask(pl.LightningModule):
         self.val_metric = SegmentationMetric(self.model.num_classes)
         self.test_metric = SegmentationMetric(self.model.num_classes)
         self._padding_reported = False
+        self.init_report: TransferReport | None = None
+        # Set by `BridgesegCLI` for a resume (`fit --ckpt_path`): the checkpoint restores every weight.
+        self.skip_init_from = False
 
     @property
     def classes(self) -> list[str]:
         return self.model.classes
+
+    def setup(self, stage: str) -> None:
+        """Start the model from `init_from` before training; Lightning restores a resumed checkpoint after this."""
+        path = self.hparams.get("init_from")
+        if stage != "fit" or not path or self.skip_init_from or self.init_report is not None:
+            return
+        self.init_report = init_from_checkpoint(self.model, path)
+        if rank_zero_only.rank == 0:
+            logger.info("%s", self.init_report.describe())
 
     # -- training -------------------------------------------------------------------------------------------
 

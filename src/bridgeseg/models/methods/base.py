@@ -217,6 +217,17 @@ class SegmentationModel(nn.Module):
         """Whether `predict` accepts a class list other than the training one."""
         return False
 
+    def class_indexed_weights(self) -> dict[str, tuple[int, int]]:
+        """The weights that hold one slice per class: state-dict name → (dimension, index of class 0 along it).
+
+        Closed-set parts (a 1×1 conv classifier, a layer that takes the class score map as input channels) are
+        sized by the class count. Fine-tuning onto another vocabulary (`bridgeseg.models.transfer`) copies the
+        slices of the classes whose names match and leaves the other classes' slices as a fresh model initialises
+        them. A method with such a layer must list it here; `tests/models/test_methods.py` checks every registered
+        method against the shapes its weights take at two class counts.
+        """
+        return {}
+
     # -- text side --------------------------------------------------------------------------------------------
 
     def text_embeddings(self, classes: Sequence[str] | None = None) -> Tensor | None:

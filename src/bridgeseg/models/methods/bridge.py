@@ -54,6 +54,15 @@ class BridgeModel(SegmentationModel):
     def open_vocabulary(self) -> bool:
         return not self.config.concat_score_map
 
+    def class_indexed_weights(self) -> dict[str, tuple[int, int]]:
+        if not self.config.concat_score_map:
+            return {}
+        # The score map (one channel per class) is concatenated last onto the top lateral conv's input.
+        lateral = self.decoder.laterals[-1][0]
+        return {
+            f"decoder.laterals.{len(self.decoder.laterals) - 1}.0.weight": (1, lateral.in_channels - self.num_classes)
+        }
+
     def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
         cfg = self.config
         features = list(self.backbone(images))

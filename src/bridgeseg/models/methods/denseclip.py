@@ -55,6 +55,16 @@ class DenseCLIPModel(SegmentationModel):
         self.head = ClosedSetHead(cfg.decoder_channels, self.num_classes)
         self.score_temperature = Temperature(cfg.tau, cfg.learnable_tau)
 
+    def class_indexed_weights(self) -> dict[str, tuple[int, int]]:
+        # The classifier, and the top lateral conv, whose input is C5 with the score map (one channel per class)
+        # concatenated after it.
+        top = len(self.decoder.laterals) - 1
+        return {
+            "head.classifier.weight": (0, 0),
+            "head.classifier.bias": (0, 0),
+            f"decoder.laterals.{top}.0.weight": (1, self.backbone.channels[-1]),
+        }
+
     def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
         features = self.backbone(images)
         global_embedding, dense = self.fusion["attention_pool"](features[-1])  # [B, Dt], [B, Dt, h, w]

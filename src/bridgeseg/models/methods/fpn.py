@@ -21,5 +21,8 @@ class FPNModel(SegmentationModel):
         self.decoder = SemanticFPN(self.backbone.channels, self.config.decoder_channels, self.config.decoder_stride)
         self.head = ClosedSetHead(self.config.decoder_channels, self.num_classes)
 
+    def class_indexed_weights(self) -> dict[str, tuple[int, int]]:
+        return {"head.classifier.weight": (0, 0), "head.classifier.bias": (0, 0)}
+
     def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
         return {"logits": self.head(self.decoder(self.backbone(images))), "aux": None}
