@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO / "benchmarks") not in sys.path:
     sys.path.insert(0, str(REPO / "benchmarks"))  # as when run as a script: the comparison's sibling modules
 
