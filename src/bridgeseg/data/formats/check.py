@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bridgeseg.data.datasets import CheckReport, SegmentationDataset
+from bridgeseg.data.datasets.base import CheckReport, SegmentationDataset
 from bridgeseg.data.formats._base import Annotations, Entry
 from bridgeseg.errors import DatasetError
 from bridgeseg.images import probe

@@ -10,7 +10,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from bridgeseg.data.datasets import CheckReport, Sample, SegmentationDataset, Transform, register_dataset
+from bridgeseg.data.datasets.base import CheckReport, Sample, SegmentationDataset, Transform
+from bridgeseg.data.datasets.registry import register_dataset
 from bridgeseg.data.formats import read_annotations
 from bridgeseg.data.formats.check import check_dataset
 from bridgeseg.data.formats.split import select_entries
