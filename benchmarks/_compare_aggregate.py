@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from _compare_plan import (
     ABLATION_REFERENCES,
     ABLATIONS,
+    BENCHMARK_MODEL,
     DATASETS,
     DATASETS_ORDER,
     DECISION_BACKBONE,
     HELDOUT_CLASSES,
     LANGUAGE_METHODS,
+    LIGHT_HEADS,
     METHODS,
     REPO,
     Budget,
@@ -58,14 +61,45 @@ def _per_class_differences(bridge: list[dict], other: list[dict]) -> list[dict[s
     return rows
 
 
+# The cost column of the light-heads table: the size and class count the literature quotes (ADE20K's 150).
+COST_SIZE = 512
+COST_CLASSES = 150
+TEXT_DIM = 384  # MiniLM's, the comparison's text encoder
+
+
+def cost_at_512(methods: list[str]) -> dict[str, dict[str, float]]:
+    """Params (M) and GFLOPs (2 per multiply-add) of each method on the decision backbone at 512x512 with 150
+    classes, built as the comparison trains it (`BENCHMARK_MODEL`); random class embeddings of MiniLM's width stand in
+    for the text encoder, which is not counted."""
+    import torch
+
+    from bridgeseg.models import create_model
+    from bridgeseg.models.cost import cost_report
+    from bridgeseg.models.methods.base import method_class
+
+    classes = [f"class {i}" for i in range(COST_CLASSES)]
+    costs = {}
+    for method in methods:
+        embeddings = torch.randn(COST_CLASSES, TEXT_DIM) if method_class(method).uses_text else None
+        model = create_model(
+            method, embeddings, backbone=DECISION_BACKBONE[0], classes=classes, pretrained=False, **BENCHMARK_MODEL
+        )
+        report = cost_report(model, COST_SIZE)
+        costs[method] = {"params_M": round(report.total_params / 1e6, 2), "GFLOPs": round(report.total_flops / 1e9, 2)}
+    return costs
+
+
 def _shown_path(path: Path) -> str:
     """`path` relative to the repository when it lies inside it (as the committed tables show it), else absolute."""
     path = path.resolve()
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
-def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
-    """Every table of the comparison, from the finished runs of the plan."""
+def aggregate(
+    the_plan: Plan, raw_dir: Path, budget: Budget, cost: Callable[[list[str]], dict] = cost_at_512
+) -> dict[str, Any]:
+    """Every table of the comparison, from the finished runs of the plan; `cost` gives the light-heads table's cost
+    column (`cost_at_512`)."""
     runs = the_plan.ordered_runs()
     records = load_records(runs, raw_dir)
     summary: dict[str, Any] = {
@@ -91,6 +125,9 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
         "heldout": [],
         "heldout_paired": [],
         "scratch": [],
+        "peers": [],
+        "peers_paired": [],
+        "peers_cost": {},
     }
 
     def done(study: str) -> list[tuple[Run, dict]]:
@@ -223,6 +260,19 @@ def aggregate(the_plan: Plan, raw_dir: Path, budget: Budget) -> dict[str, Any]:
 
     for (backbone, method), items in group(done("scratch"), lambda run: (run.backbone, run.method)).items():
         summary["scratch"].append({"method": method, "backbone": backbone, "pretrained": False} | _summary(items))
+
+    # Light heads on the decision backbone, beside the four methods' decision runs on the same dataset and seeds.
+    peers = done("peers")
+    for (dataset, method), items in group(peers, lambda run: (run.dataset, run.method)).items():
+        summary["peers"].append(
+            {"method": method, "backbone": DECISION_BACKBONE[0], "pretrained": DECISION_BACKBONE[1], "dataset": dataset}
+            | _summary(items)
+        )
+        bridge = {r["seed"]: r["mIoU"] for r in by_cell.get((dataset, "bridge"), [])}
+        seeds, diff = paired_by_seed(bridge, {r["seed"]: r["mIoU"] for r in items})
+        summary["peers_paired"].append({"dataset": dataset, "comparison": f"bridge - {method}", "seeds": seeds} | diff)
+    if peers:
+        summary["peers_cost"] = cost([*METHODS, *LIGHT_HEADS])
 
     summary["runs"] = [
         {

@@ -18,6 +18,9 @@ PARAPHRASES = REPO / "benchmarks" / "paraphrases.json"
 
 METHODS = ("bridge", "denseclip", "lseg", "fpn")
 LANGUAGE_METHODS = ("bridge", "lseg")
+# The `peers` study: classic light heads (closed set, no text) on the decision backbone, as the peers' own models
+# (LR-ASPP on MobileNetV3, SegFormer-B0) have no offline ImageNet weights.
+LIGHT_HEADS = ("lraspp", "segformer")
 DECISION_BACKBONE = ("efficientnet_lite0", True)  # offline ImageNet weights
 SCRATCH_BACKBONES = (("mobilenetv2_100", False), ("resnet18", False))  # no network: no pretrained weights here
 
@@ -77,7 +80,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 # Variants that answer their question against another variant rather than the default (same seeds): the identity
 # start's effect at four blocks is `blocks_4_no_identity_start - blocks_4`.
 ABLATION_REFERENCES = {"blocks_4_no_identity_start": "blocks_4"}
-STUDIES = ("decision", "curve", "heldout", "ablation", "scratch")
+STUDIES = ("decision", "curve", "heldout", "ablation", "scratch", "peers")
 # The model every run starts from, under a variant's own options: the library's defaults as they were when this
 # comparison ran, pinned so that a later change of a library default does not change what a committed record means.
 # The ablation then took the pixel projection out of the library's defaults (the `no_pixel_projection` rows).
@@ -199,5 +202,8 @@ def plan(args: argparse.Namespace) -> Plan:
             for seed in args.scratch_seeds:
                 for name, scratch_pretrained in SCRATCH_BACKBONES:
                     runs += [Run(m, name, scratch_pretrained, "mosaic", seed, budget) for m in args.methods]
+        elif study == "peers":
+            for seed in args.seeds:
+                runs += [Run(m, backbone, pretrained, args.datasets[0], seed, budget) for m in LIGHT_HEADS]
         studies[study] = runs
     return Plan(studies)

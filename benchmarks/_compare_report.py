@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _compare_plan import DATASETS_ORDER, HELDOUT_CLASSES, METHODS
+from _compare_plan import DATASETS_ORDER, HELDOUT_CLASSES, LANGUAGE_METHODS, LIGHT_HEADS, METHODS
 from _paired_statistics import mean_std
 
 
@@ -98,6 +98,44 @@ def _per_class_markdown(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+TEXT_USE = {"denseclip": "closed set, uses text"}
+
+
+def _peers_markdown(summary: dict[str, Any]) -> list[str]:
+    """The light heads beside the four methods, per dataset of the `peers` study: mIoU, `bridge - X`, cost."""
+    lines: list[str] = []
+    cost = summary["peers_cost"]
+    paired = {(row["dataset"], row["comparison"]): row for row in summary["paired"] + summary["peers_paired"]}
+    for dataset in sorted({row["dataset"] for row in summary["peers"]}, key=DATASETS_ORDER.index):
+        rows = [row for row in summary["main"] + summary["peers"] if row["dataset"] == dataset]
+        lines += [
+            f"## Light heads on the same backbone: EfficientNet-Lite0 (ImageNet), `{dataset}`",
+            "",
+            "The classic light heads as closed-set methods on our backbone, data and budget (the decision's seeds): "
+            "`lraspp` is torchvision's LR-ASPP head on the stride-8 and stride-32 levels, `segformer` transformers' "
+            "SegFormer all-MLP head on strides 4-32, both at our decoder's width (96). `bridge - X`: paired by seed. "
+            "Params and GFLOPs at 512x512 with 150 classes (2 FLOPs per multiply-add), as trained here (the language "
+            "heads with the pixel projection; text encoder not counted).",
+            "",
+            "| method | text | mIoU | bridge - X, per seed | mean | 95 % CI | paired t p | params (M) | GFLOPs |",
+            "|---|---|---:|---|---:|---|---:|---:|---:|",
+        ]
+        for row in sorted(rows, key=lambda row: [*METHODS, *LIGHT_HEADS].index(row["method"])):
+            method = row["method"]
+            text = "open vocabulary" if method in LANGUAGE_METHODS else TEXT_USE.get(method, "closed set, no text")
+            diff = paired.get((dataset, f"bridge - {method}"))
+            diff = diff if diff and diff["differences"] else None  # no bridge run of the same seeds in the plan
+            per_seed, mean, ci = _paired_cells(diff) if diff else ("–", "–", "–")
+            method_cost = cost.get(method, {})
+            lines.append(
+                f"| {method} | {text} | {_cell(row['mIoU_runs'])} | {per_seed} | {mean} | {ci} | "
+                f"{_p(diff.get('t_p')) if diff else '–'} | {method_cost.get('params_M', '–')} | "
+                f"{method_cost.get('GFLOPs', '–')} |"
+            )
+        lines.append("")
+    return lines
+
+
 def to_markdown(summary: dict[str, Any], curve_name: str = "compare_curve.png") -> str:
     """Markdown tables of an aggregate; `curve_name`: the learning curve's PNG, beside the table."""
     budget = summary["budget"]
@@ -158,6 +196,7 @@ def to_markdown(summary: dict[str, Any], curve_name: str = "compare_curve.png") 
         "",
     ]
     lines += _per_class_markdown(summary["per_class"])
+    lines += _peers_markdown(summary)
     if summary["curve"]:
         lines += [
             "## Learning curve: bridge and fpn, EfficientNet-Lite0, `mosaic`",

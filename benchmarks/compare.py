@@ -1,4 +1,4 @@
-"""The paper's experiment on CPU: bridge vs DenseCLIP vs LSeg vs FPN, with the statistics to decide it.
+"""The paper's experiment on CPU: bridge vs DenseCLIP vs LSeg vs FPN (and classic light heads), with the statistics.
 
 Every run trains through the real engine (`run_lightning_cli` + `Trainer.fit`) on a generated photo mosaic; within
 a study every run has the same data, crop, batch, iterations, optimiser and schedule, and only the method (or one
@@ -16,6 +16,9 @@ Studies, run in this order (`--studies` picks and orders them):
 - `ablation`: one switch of the bridge (or of LSeg's head) at a time, on the first mosaic.
 - `scratch`: MobileNetV2 and ResNet-18 from scratch, seed 0; reported apart, and decide nothing while `fpn` is below
   25.
+- `peers`: the classic light heads `lraspp` (LR-ASPP's) and `segformer` (SegFormer's all-MLP head), closed set, on
+  Lite0 at the decision budget, `--seeds` on the first dataset; beside the four methods, with `bridge - head` paired
+  by seed and the GFLOPs at 512x512 with 150 classes.
 
 Each finished run writes `benchmarks/results/compare.raw/<run>.json` (committed, small); a restarted comparison
 skips the runs whose record exists, so it can be killed and resumed at any time, on another machine too. The

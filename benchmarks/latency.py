@@ -3,7 +3,9 @@
 One run times every model on the same input and thread count:
 
 - ours: bridge / lseg / denseclip / fpn on EfficientNet-Lite0, `bridge` also at decoder stride 8 and on
-  MobileNetV2 (150 classes, random class embeddings of MiniLM's width, so no text encoder is loaded);
+  MobileNetV2 (150 classes, random class embeddings of MiniLM's width, so no text encoder is loaded), and the
+  classic light heads as our methods on the same backbone: `lraspp` (LR-ASPP's head) and `segformer` (SegFormer's
+  all-MLP head), trained in the comparison's `peers` study, so they have a mosaic mIoU;
 - peers: torchvision's LR-ASPP and DeepLabV3 on MobileNetV3-Large, and SegFormer-B0 (transformers'
   `SegformerForSemanticSegmentation` built from its default config, which is MiT-B0), all with 150 classes;
 - DenseCLIP's own heavy setting: CLIP's RN50 visual tower with the DenseCLIP head (text dim 1024).
@@ -14,8 +16,8 @@ weights put everywhere, so it is timed on the logits of a fixed layout instead (
 at the image's size, sampled at each model's output resolution; `region_logits`), the same for every model.
 
 Every model is split the same way: a *coarse* module (images → logits at the model's own output resolution: 1/4
-for ours and SegFormer, 1/8 for the torchvision models) and the final bilinear upsampling to the input size, which
-all of them end with. Columns (milliseconds, medians):
+for ours and SegFormer, 1/8 for `lraspp` and the torchvision models) and the final bilinear upsampling to the input
+size, which all of them end with. Columns (milliseconds, medians):
 
 - eager logits: the full forward in PyTorch (`torch.inference_mode`) of the copy `Predictor` runs
   (`optimize_for_inference`: BatchNorms folded into the convolutions, channels last; peers folded the same way);
@@ -76,6 +78,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bridgeseg.io import write_atomically  # noqa: E402
 from bridgeseg.models import create_model  # noqa: E402
+from bridgeseg.models.methods.base import method_class  # noqa: E402
 from bridgeseg.models.prediction import boundary_share, upsampled_argmax  # noqa: E402
 from bridgeseg.runtime.onnx import export_onnx, ort_session  # noqa: E402
 
@@ -85,6 +88,7 @@ REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 150
 TEXT_DIM = 384  # MiniLM's, the default text encoder; CLIP RN50's is 1024
 REFERENCE = "bridge / Lite0"
+LIGHT_HEADS = ("lraspp", "segformer")  # the classic light heads as methods of ours, on Lite0
 LRASPP = "LR-ASPP / MNv3-L"
 RN50_LABEL = "denseclip / CLIP-RN50"
 COLUMNS = {
@@ -133,7 +137,7 @@ class _Full(nn.Module):
 
 
 def _ours(method: str, backbone: str, text_dim: int = TEXT_DIM, **options: object) -> nn.Module:
-    embeddings = None if method == "fpn" else torch.randn(NUM_CLASSES, text_dim)
+    embeddings = torch.randn(NUM_CLASSES, text_dim) if method_class(method).uses_text else None
     classes = [f"class {i}" for i in range(NUM_CLASSES)]
     return create_model(method, backbone=backbone, classes=classes, class_embeddings=embeddings, **options)
 
@@ -163,7 +167,7 @@ def specs() -> list[Spec]:
     """Every model of the table, in table order."""
     table = [
         Spec(f"{method} / Lite0", "ours", lambda m=method: _ours(m, "efficientnet_lite0"), method, "efficientnet_lite0")
-        for method in ("bridge", "lseg", "denseclip", "fpn")
+        for method in ("bridge", "lseg", "denseclip", "fpn", *LIGHT_HEADS)
     ]
     table.append(
         Spec(
@@ -601,11 +605,12 @@ def to_markdown(summary: dict) -> str:
 
 
 def _mosaic_miou(compare_path: Path) -> dict[tuple[str, str], tuple[float, float, int]]:
-    """Mosaic mIoU of each (method, backbone) in the decision table (pretrained backbones): the mean, the sample
-    std over seeds and the number of seeds."""
+    """Mosaic mIoU of each (method, backbone) in the decision table and the light-heads table (pretrained
+    backbones): the mean, the sample std over seeds and the number of seeds."""
     if not compare_path.is_file():
         return {}
-    rows = json.loads(compare_path.read_text()).get("main", [])
+    summary = json.loads(compare_path.read_text())
+    rows = summary.get("main", []) + summary.get("peers", [])
     return {
         (row["method"], row["backbone"]): (row["mIoU_mean"], row["mIoU_std"], row["n"])
         for row in rows
@@ -643,7 +648,7 @@ def plot_pareto(summary: dict, out: Path, compare_path: Path, quantization_path:
             lines += 1
             continue
         mean, std, _ = miou[key]
-        colour = "C0" if r["method"] == "bridge" else "C1"
+        colour = "C0" if r["method"] == "bridge" else "C2" if r["method"] in LIGHT_HEADS else "C1"
         axis.errorbar(r["ms"]["ort_labels"], mean, yerr=std, fmt="o", color=colour, capsize=3)
         axis.annotate(
             f"{r['label']} fp32", (r["ms"]["ort_labels"], mean), fontsize=8, xytext=(4, 4), textcoords="offset points"
@@ -661,7 +666,7 @@ def plot_pareto(summary: dict, out: Path, compare_path: Path, quantization_path:
     settings = summary["settings"]
     axis.set_xlabel(f"ONNX Runtime labels latency, ms ({settings['size']}², {settings['threads']} threads)")
     spread = f"mean ± std over {'/'.join(map(str, seeds))} seeds"
-    axis.set_ylabel(f"mosaic mIoU (decision table, {spread};\nint8: plus the demo model's int8 change)", fontsize=9)
+    axis.set_ylabel(f"mosaic mIoU (compare.md, {spread};\nint8: plus the demo model's int8 change)", fontsize=9)
     axis.set_title("Accuracy against CPU latency (up and left is better; dashed: no mosaic mIoU)", fontsize=10)
     axis.set_xscale("log")
     figure.tight_layout()

@@ -348,3 +348,49 @@ def test_a_closed_set_variant_has_no_paraphrased_column(tmp_path: Path) -> None:
     row = {row["variant"]: row for row in summary["ablation"]}["concat_score_map"]
     assert row["vs_default"]["mean"] == 0.0 and row["paraphrased_runs"] == []
     assert "| concat_score_map | bridge | concat_score_map=True |" in to_markdown(summary)
+
+
+def test_light_heads_sit_beside_the_four_methods(tmp_path: Path) -> None:
+    args = _args("--studies", "decision", "peers", "--datasets", "mosaic", "--seeds", "0", "1", "2")
+    the_plan = plan(args)
+    peers = the_plan.studies["peers"]
+    assert [(run.method, run.seed) for run in peers[:4]] == [
+        ("lraspp", 0),
+        ("segformer", 0),
+        ("lraspp", 1),
+        ("segformer", 1),
+    ]
+    assert {(run.backbone, run.pretrained, run.dataset, run.budget) for run in peers} == {
+        (run.backbone, run.pretrained, run.dataset, run.budget) for run in the_plan.studies["decision"]
+    }
+    offsets = {"bridge": 2.0, "denseclip": 0.0, "lseg": 1.0, "fpn": 1.5, "lraspp": -1.0, "segformer": 0.5}
+    for run in the_plan.ordered_runs():
+        miou = 50.0 + offsets[run.method] + 0.1 * run.seed * (run.method == "bridge")
+        (tmp_path / f"{run.name}.json").write_text(json.dumps(_record(run, miou)))
+    costs = []
+
+    def cost(methods: list[str]) -> dict:
+        costs.append(methods)
+        return {method: {"params_M": 3.0, "GFLOPs": 5.0 + index} for index, method in enumerate(methods)}
+
+    summary = aggregate(the_plan, tmp_path, Budget(), cost=cost)
+    assert costs == [["bridge", "denseclip", "lseg", "fpn", "lraspp", "segformer"]]
+    assert [row["method"] for row in summary["peers"]] == ["lraspp", "segformer"]
+    assert summary["peers"][0]["mIoU_runs"] == [49.0, 49.0, 49.0]
+    paired = {row["comparison"]: row for row in summary["peers_paired"]}
+    assert paired["bridge - lraspp"]["differences"] == [3.0, 3.1, 3.2] and paired["bridge - lraspp"]["seeds"] == [
+        0,
+        1,
+        2,
+    ]
+    markdown = to_markdown(summary)
+    assert "## Light heads on the same backbone: EfficientNet-Lite0 (ImageNet), `mosaic`" in markdown
+    assert "| lraspp | closed set, no text | 49.00 ± 0.00 (n=3) | +3.00, +3.10, +3.20 | +3.10 |" in markdown
+    assert "| fpn | closed set, no text | 51.50 ± 0.00 (n=3) | +0.50, +0.60, +0.70 | +0.60 |" in markdown
+    assert "| 3.0 | 9.0 |" in markdown  # segformer's cost column
+    # Without the peers' records the aggregate has no such table and counts nothing for it.
+    for run in peers:
+        (tmp_path / f"{run.name}.json").unlink()
+    summary = aggregate(the_plan, tmp_path, Budget(), cost=cost)
+    assert summary["peers"] == [] and summary["peers_cost"] == {} and len(costs) == 1
+    assert "Light heads" not in to_markdown(summary)

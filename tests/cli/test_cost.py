@@ -23,7 +23,7 @@ def test_cost_table_loads_the_text_encoder_once(
     assert len(loads) == 1
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "/" in line]
     text_columns = {row.split("|")[1].split("/")[0].strip(): float(row.split("|")[4]) for row in rows}
-    assert set(text_columns) == {"bridge", "denseclip", "lseg", "fpn"}
-    assert text_columns["fpn"] == 0.0
+    assert set(text_columns) == {"bridge", "denseclip", "lseg", "fpn", "lraspp", "segformer"}
+    assert text_columns["fpn"] == text_columns["lraspp"] == text_columns["segformer"] == 0.0
     # all-MiniLM-L6-v2 has 22.7 M parameters, the same in every row that uses it.
     assert text_columns["bridge"] == text_columns["denseclip"] == text_columns["lseg"] == pytest.approx(22.71, abs=0.01)

@@ -6,7 +6,9 @@ from bridgeseg.models import ModelConfig, create_model, list_methods
 from bridgeseg.models.cost import cost_report
 from tests.conftest import CLASSES, TINY_BACKBONES
 
-OPEN_VOCABULARY = {"bridge": True, "lseg": True, "denseclip": False, "fpn": False}
+OPEN_VOCABULARY = {"bridge": True, "lseg": True, "denseclip": False, "fpn": False, "lraspp": False, "segformer": False}
+# The classic light heads: closed set, no text, on any backbone.
+LIGHT_HEADS = ["lraspp", "segformer"]
 
 
 def tiny(
@@ -23,7 +25,7 @@ def batch(size: int = 64, num_classes: int = 3) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("backbone", TINY_BACKBONES)
-@pytest.mark.parametrize("method", ["bridge", "denseclip", "lseg", "fpn"])
+@pytest.mark.parametrize("method", ["bridge", "denseclip", "lseg", "fpn", *LIGHT_HEADS])
 def test_every_method_on_every_tiny_backbone(method: str, backbone: str, class_embeddings: torch.Tensor) -> None:
     model = tiny(method, backbone, class_embeddings)
     losses = model.loss(batch())
@@ -67,7 +69,7 @@ def test_open_vocabulary_models_take_any_class_list(method: str) -> None:
     assert not torch.allclose(probs_a, probs_b)
 
 
-@pytest.mark.parametrize("method", ["denseclip", "fpn"])
+@pytest.mark.parametrize("method", ["denseclip", "fpn", *LIGHT_HEADS])
 def test_closed_set_models_refuse_other_classes(method: str, class_embeddings: torch.Tensor) -> None:
     model = tiny(method, class_embeddings=class_embeddings)
     with pytest.raises(ValueError, match="closed-set"):
@@ -136,8 +138,8 @@ def test_concat_score_map_makes_bridge_closed_set(class_embeddings: torch.Tensor
 
 
 def test_unknown_names_list_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match="valid methods: bridge, denseclip, lseg, fpn"):
-        create_model("segformer", classes=CLASSES)
+    with pytest.raises(ValueError, match="valid methods: bridge, denseclip, lseg, fpn, lraspp, segformer"):
+        create_model("segformer_b0", classes=CLASSES)
     with pytest.raises(ValueError, match=r"valid options:.*fusion_blocks"):
         create_model("bridge", classes=CLASSES, fusion_layers=3)
     with pytest.raises(ValueError, match="pass classes"):
@@ -269,11 +271,83 @@ def test_decoder_stride_8_skips_the_finest_level(method: str, class_embeddings: 
 
 
 def test_methods_are_registered_by_name_once() -> None:
-    from bridgeseg.models.methods import BridgeModel, DenseCLIPModel, FPNModel, LSegModel, SegmentationModel
+    from bridgeseg.models.methods import (
+        BridgeModel,
+        DenseCLIPModel,
+        FPNModel,
+        LRASPPModel,
+        LSegModel,
+        SegFormerHeadModel,
+        SegmentationModel,
+    )
     from bridgeseg.models.methods.base import method_class, register_method
 
-    assert [method_class(name) for name in list_methods()] == [BridgeModel, DenseCLIPModel, LSegModel, FPNModel]
-    assert [cls.method for cls in (BridgeModel, DenseCLIPModel, LSegModel, FPNModel)] == list_methods()
+    classes = [BridgeModel, DenseCLIPModel, LSegModel, FPNModel, LRASPPModel, SegFormerHeadModel]
+    assert [method_class(name) for name in list_methods()] == classes
+    assert [cls.method for cls in classes] == list_methods()
     with pytest.raises(ValueError, match="'bridge' is already registered to BridgeModel"):
         register_method("bridge")(type("Other", (SegmentationModel,), {}))
     assert method_class("bridge") is BridgeModel
+
+
+@pytest.mark.parametrize("method", LIGHT_HEADS)
+@pytest.mark.parametrize("num_classes", [1, 2, 7])
+def test_light_heads_take_any_number_of_classes(method: str, num_classes: int) -> None:
+    classes = [f"class {i}" for i in range(num_classes)]
+    model = tiny(method, classes=classes)
+    assert not model.uses_text and model.text_encoder is None
+    assert model.text_embeddings() is None
+    losses = model.loss(batch(num_classes=num_classes))
+    assert set(losses) == {"loss", "loss_seg"} and torch.isfinite(losses["loss"])
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 64, 96)).shape == (2, num_classes, 64, 96)
+    assert int(model.predict(torch.rand(1, 3, 40, 56)).max()) < num_classes
+
+
+@pytest.mark.parametrize("backbone", TINY_BACKBONES)
+def test_light_heads_take_their_channels_from_the_backbone(backbone: str) -> None:
+    lraspp = tiny("lraspp", backbone)
+    channels = lraspp.backbone.channels
+    assert lraspp.head.low_classifier.in_channels == channels[1]  # stride 8
+    assert lraspp.head.cbr[0].in_channels == lraspp.head.scale[1].in_channels == channels[3]  # stride 32
+    assert lraspp.head.cbr[0].out_channels == 16  # decoder_channels
+    segformer = tiny("segformer", backbone)
+    assert [mlp.proj.in_features for mlp in segformer.head.linear_projections] == channels
+    assert segformer.head.linear_fuse.in_channels == 4 * 16
+
+
+@pytest.mark.parametrize(
+    ("method", "decoder_stride", "stride"),
+    [("lraspp", 4, 8), ("lraspp", 8, 8), ("segformer", 4, 4), ("segformer", 8, 8)],
+)
+def test_light_heads_logits_stride(method: str, decoder_stride: int, stride: int) -> None:
+    """LR-ASPP classifies at stride 8 whatever the decoder stride; SegFormer's head merges at the decoder stride."""
+    model = tiny(method, decoder_stride=decoder_stride).eval()
+    images = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        assert model.coarse_logits(images).shape[-2:] == (64 // stride, 96 // stride)
+        assert model(images).shape == (1, 3, 64, 96)
+    assert model.logits_stride == stride
+    model.train().loss(batch())["loss"].backward()
+
+
+def test_segformer_head_at_stride_8_skips_the_finest_level() -> None:
+    fine, coarse = tiny("segformer"), tiny("segformer", decoder_stride=8)
+    assert len(coarse.head.linear_projections) == len(fine.head.linear_projections) - 1
+    assert cost_report(coarse, 64).flops["head"] < cost_report(fine, 64).flops["head"]
+    with pytest.raises(ValueError, match="4 or 8"):
+        tiny("segformer", decoder_stride=16)
+
+
+def test_light_heads_cost_less_than_fpn_on_lite0() -> None:
+    """At 512x512 with 150 classes on EfficientNet-Lite0: the backbone is the same, only the head differs."""
+    classes = [f"class {i}" for i in range(150)]
+    reports = {
+        m: cost_report(create_model(m, backbone="efficientnet_lite0", classes=classes), 512)
+        for m in ["fpn", *LIGHT_HEADS]
+    }
+    assert len({report.flops["backbone"] for report in reports.values()}) == 1
+    for method in LIGHT_HEADS:
+        assert reports[method].flops["head"] > 0 and reports[method].text_encoder_params == 0
+        assert reports[method].total_flops < reports["fpn"].total_flops

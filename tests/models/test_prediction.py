@@ -93,7 +93,7 @@ def trained_tiny(method: str, class_embeddings: torch.Tensor) -> torch.nn.Module
     return fit_two_regions(_tiny(method, class_embeddings))
 
 
-@pytest.mark.parametrize("method", ["bridge", "lseg", "fpn"])
+@pytest.mark.parametrize("method", ["bridge", "lseg", "fpn", "lraspp"])  # lraspp: logits at stride 8
 @pytest.mark.parametrize("trained", [False, True])
 def test_predict_labels_equal_the_full_path(method: str, trained: bool, class_embeddings: torch.Tensor) -> None:
     if trained:

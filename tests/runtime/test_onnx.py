@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from bridgeseg.cli.export import run as export_command
 from bridgeseg.models import create_model
+from bridgeseg.models.methods.base import method_class
 from bridgeseg.runtime.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
 from bridgeseg.runtime.predictor import Predictor
 
@@ -21,10 +22,14 @@ MAX_ABS_DIFF = 1e-4
 MIN_ARGMAX_AGREEMENT = 0.999
 # The export traces at 64x96; these are other multiples of 32, another batch size included.
 SIZES = ((64, 96), (128, 64), (96, 160))
+# The classic light heads (closed set, no text): torchvision's LR-ASPP head, transformers' SegFormer head.
+LIGHT_HEADS = ("lraspp", "segformer")
 
 
 def _tiny(method: str) -> torch.nn.Module:
-    embeddings = None if method == "fpn" else F.normalize(torch.randn(len(CLASSES), TEXT_DIM), dim=-1)
+    embeddings = (
+        None if not method_class(method).uses_text else F.normalize(torch.randn(len(CLASSES), TEXT_DIM), dim=-1)
+    )
     return create_model(
         method,
         backbone="test_resnet",
@@ -40,15 +45,18 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Each tiny model exported once per form: {(method, open_vocab): (model, path)}."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("onnx")
-    models = {method: _tiny(method) for method in ("bridge", "lseg", "fpn")}
+    models = {method: _tiny(method) for method in ("bridge", "lseg", "fpn", *LIGHT_HEADS)}
     exports = {}
-    for method, open_vocab in [("bridge", False), ("bridge", True), ("lseg", False), ("lseg", True), ("fpn", False)]:
+    forms = [("bridge", False), ("bridge", True), ("lseg", False), ("lseg", True), ("fpn", False)]
+    for method, open_vocab in forms + [(method, False) for method in LIGHT_HEADS]:
         path = folder / f"{method}_{'open' if open_vocab else 'fixed'}.onnx"
         exports[(method, open_vocab)] = (models[method], export_onnx(models[method], path, open_vocab=open_vocab))
     return exports
 
 
-@pytest.mark.parametrize(("method", "open_vocab"), [("bridge", False), ("lseg", False), ("fpn", False)])
+@pytest.mark.parametrize(
+    ("method", "open_vocab"), [("bridge", False), ("lseg", False), ("fpn", False), *[(m, False) for m in LIGHT_HEADS]]
+)
 def test_fixed_vocabulary_parity_at_other_sizes(exported: dict, method: str, open_vocab: bool) -> None:
     model, path = exported[(method, open_vocab)]
     report = check_parity(model, path, sizes=SIZES, batch=2)

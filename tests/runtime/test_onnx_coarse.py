@@ -40,7 +40,8 @@ def coarse_exports(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return exports
 
 
-FORMS = [("bridge", False), ("bridge", True), ("lseg", True), ("fpn", False)]
+# lraspp: logits at stride 8 whatever the decoder stride.
+FORMS = [("bridge", False), ("bridge", True), ("lseg", True), ("fpn", False), ("lraspp", False)]
 
 
 @pytest.mark.parametrize(("method", "open_vocab"), FORMS)
@@ -51,7 +52,7 @@ def test_coarse_graph_matches_the_models_coarse_logits(coarse_exports: dict, met
     assert report.argmax_agreement >= MIN_ARGMAX_AGREEMENT, report
     metadata = read_metadata(path)
     assert metadata["output"] == "coarse_logits"
-    assert metadata["logits_stride"] == model.config.decoder_stride
+    assert metadata["logits_stride"] == model.logits_stride
     graph_output = onnx.load(str(path)).graph.output
     assert [item.name for item in graph_output] == ["coarse_logits"]
 
@@ -76,7 +77,9 @@ def test_unknown_output_is_rejected(coarse_exports: dict, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("trained", [False, True])
-@pytest.mark.parametrize(("method", "open_vocab"), [("bridge", False), ("lseg", True), ("fpn", False)])
+@pytest.mark.parametrize(
+    ("method", "open_vocab"), [("bridge", False), ("lseg", True), ("fpn", False), ("lraspp", False)]
+)
 def test_onnx_fast_labels_equal_the_full_path(coarse_exports: dict, method: str, open_vocab: bool, trained) -> None:
     """The exact fast labels from the coarse graph are those of upsampling all classes, bit for bit."""
     _, path, _ = coarse_exports[(method, open_vocab, trained)]

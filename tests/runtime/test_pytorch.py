@@ -42,7 +42,7 @@ def _model(method: str, class_embeddings: torch.Tensor, backbone: str = "test_ef
     return model.eval()
 
 
-@pytest.mark.parametrize("method", ["bridge", "lseg", "denseclip", "fpn"])
+@pytest.mark.parametrize("method", ["bridge", "lseg", "denseclip", "fpn", "lraspp", "segformer"])
 @pytest.mark.parametrize("backbone", ["test_efficientnet", "test_resnet"])
 def test_optimised_copy_matches_the_model(method: str, backbone: str, class_embeddings: torch.Tensor) -> None:
     model = _model(method, class_embeddings, backbone)

@@ -1,4 +1,4 @@
-"""`bridgeseg cost`: parameters and FLOPs per component of the four methods on one backbone."""
+"""`bridgeseg cost`: parameters and FLOPs per component of every method on one backbone."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("cost", help="parameters and FLOPs per component of the four methods")
+    parser = commands.add_parser("cost", help="parameters and FLOPs per component of every method")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--text-encoder", default="minilm")
     parser.add_argument("--size", type=int, default=512, help="input side in pixels")
     parser.add_argument("--num-classes", type=int, default=150)
-    parser.add_argument("--methods", nargs="*", help="default: all four")
+    parser.add_argument("--methods", nargs="*", help="default: every method")
     parser.set_defaults(run=run)
 
 

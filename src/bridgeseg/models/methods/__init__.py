@@ -2,7 +2,9 @@
 
 - `bridge`: the paper's method (`BridgeModel`);
 - `denseclip`, `lseg`: the language-guided baselines (`DenseCLIPModel`, `LSegModel`);
-- `fpn`: the language-free baseline (`FPNModel`).
+- `fpn`: the language-free baseline (`FPNModel`);
+- `lraspp`, `segformer`: classic light heads, closed set and language-free, on any backbone (`LRASPPModel`,
+  `SegFormerHeadModel`).
 
 A new method is a new file: a `SegmentationModel` subclass decorated with `@register_method("name")`, imported
 here.
@@ -22,14 +24,18 @@ from bridgeseg.models.methods.bridge import BridgeModel
 from bridgeseg.models.methods.denseclip import DenseCLIPModel
 from bridgeseg.models.methods.lseg import LSegModel
 from bridgeseg.models.methods.fpn import FPNModel
+from bridgeseg.models.methods.lraspp import LRASPPModel
+from bridgeseg.models.methods.segformer import SegFormerHeadModel
 # isort: on
 
 __all__ = [
     "BridgeModel",
     "DenseCLIPModel",
     "FPNModel",
+    "LRASPPModel",
     "LSegModel",
     "ModelConfig",
+    "SegFormerHeadModel",
     "SegmentationModel",
     "create_model",
     "list_methods",
@@ -50,7 +56,8 @@ def create_model(
     """Build a segmentation model by name or from a config.
 
     Args:
-        method: "bridge", "denseclip", "lseg" or "fpn"; or a `ModelConfig` / dict holding the whole config.
+        method: A registered name (`list_methods`: "bridge", "denseclip", "lseg", "fpn", "lraspp", "segformer"),
+            or a `ModelConfig` / dict holding the whole config.
         class_embeddings: Precomputed text embeddings of the classes (from a checkpoint).
         **options: `ModelConfig` fields, e.g. `backbone`, `text_encoder`, `classes`, `fusion_blocks`.
 

@@ -41,16 +41,17 @@ class ModelConfig:
     """Everything needed to rebuild a segmentor; saved in every checkpoint.
 
     Attributes:
-        method: "bridge", "denseclip", "lseg" or "fpn".
+        method: "bridge", "denseclip", "lseg", "fpn", or the classic light heads "lraspp" and "segformer".
         backbone: A timm model name, "efficientnet_lite0" (offline ImageNet weights) or "openclip:<arch>".
         pretrained: False, True (the backbone's pretrained weights) or a path to a local weights file.
         text_encoder: "minilm", "openclip:<arch>:<tag or file>" or "hf:<id or dir>".
         classes: Class names, in label-index order; they are the prompts.
         templates: Prompt templates with "{}"; None uses the text encoder's defaults.
         prompt_context: Learnable context vectors (CoOp) for open_clip text encoders; 0 disables them.
-        decoder_channels: Width of the Semantic FPN and of the pixel embeddings.
+        decoder_channels: Width of the Semantic FPN and of the pixel embeddings; for the light heads, the width of
+            LR-ASPP's high branch and of SegFormer's MLP head.
         decoder_stride: Stride of the pixel embeddings and logits: 4 (Semantic FPN's) or 8 (the stride-4 level
-            skipped; cheaper on a CPU).
+            skipped; cheaper on a CPU). `lraspp` ignores it: its logits are at stride 8, as LR-ASPP's.
         fusion_dim: Width D of the bridge fusion module.
         fusion_heads: Attention heads of the fusion module.
         fusion_blocks: Bridge blocks N (ablation: 1, 2, 4).
@@ -157,9 +158,9 @@ def _keep_frozen_weights_out_of_checkpoints(module: nn.Module) -> None:
 
 
 class SegmentationModel(nn.Module):
-    """Base class of the four methods: backbone, text side, normalisation, padding, loss and inference.
+    """Base class of the methods: backbone, text side, normalisation, padding, loss and inference.
 
-    Subclasses build their parts in `_build` and compute logits at the decoder stride (4 or 8) in `_forward`.
+    Subclasses build their parts in `_build` and compute logits at `logits_stride` (4 or 8) in `_forward`.
 
     Args:
         config: The model config.
@@ -211,6 +212,11 @@ class SegmentationModel(nn.Module):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def logits_stride(self) -> int:
+        """Stride of `coarse_logits` with respect to the input: the decoder's, unless the method fixes its own."""
+        return self.config.decoder_stride
 
     @property
     def open_vocabulary(self) -> bool:
@@ -305,7 +311,7 @@ class SegmentationModel(nn.Module):
     def _forward(self, images: Tensor, text_embeddings: Tensor | None) -> dict[str, Tensor | None]:
         """Normalised images → {"logits": [B, K, H/s, W/s], "aux": stride-32 score map [B, K, h, w] or None}.
 
-        s is `decoder_stride` (4 or 8).
+        s is `logits_stride` (4 or 8).
         """
         raise NotImplementedError
 
@@ -345,7 +351,7 @@ class SegmentationModel(nn.Module):
             text_embeddings: [K, Dt]; default: the model's class embeddings.
 
         Returns:
-            Logits [B, K, H/s, W/s] with s = `decoder_stride`, which `forward` upsamples to [B, K, H, W].
+            Logits [B, K, H/s, W/s] with s = `logits_stride`, which `forward` upsamples to [B, K, H, W].
         """
         if text_embeddings is None:
             text_embeddings = self.text_embeddings()
