@@ -22,7 +22,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bridgeseg import budget
-from bridgeseg.app.server import AppLimits, ClientError, _read_body, create_app
+from bridgeseg.app.forms import read_body
+from bridgeseg.app.server import AppLimits, ClientError, create_app
 from bridgeseg.budget import MAX_LOGIT_VALUES, check_logits_budget, plan_logits
 from bridgeseg.checkpoints import save_checkpoint
 from bridgeseg.cli import main
@@ -189,7 +190,7 @@ def test_a_client_that_disconnects_mid_upload_is_one_info_line(caplog: pytest.Lo
 
     caplog.set_level(logging.INFO, logger="bridgeseg")
     with pytest.raises(ClientError, match="the client disconnected before the upload was complete"):
-        asyncio.run(_read_body(Disconnecting(), 1000, AppLimits()))
+        asyncio.run(read_body(Disconnecting(), 1000, AppLimits()))
     assert [(record.levelno, record.getMessage()) for record in caplog.records] == [
         (logging.INFO, "the client disconnected during the upload (100 bytes received)")
     ]
