@@ -58,7 +58,11 @@ def test_unknown_key_exits_2_with_a_short_usage_naming_it(
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--model.net.method", "segformer", r"unknown method 'segformer'; valid methods: bridge, denseclip, lseg, fpn"),
+        (
+            "--model.net.method",
+            "segformer_b0",
+            r"unknown method 'segformer_b0'; valid methods: bridge, denseclip, lseg, fpn, lraspp, segformer",
+        ),
         ("--model.net.backbone", "resnet_nope", r"Unknown backbone 'resnet_nope'.* Valid names are any timm model"),
         ("--model.net.text_encoder", "bert", r"Unknown text encoder 'bert'; valid forms: 'minilm', 'openclip:"),
         ("--data.dataset", "ade21k", r"Unknown dataset 'ade21k'; valid names: ade20k, .*folder"),
