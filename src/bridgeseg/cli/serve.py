@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bridgeseg.cli._options import DEFAULT_CHECKPOINT, add_checkpoint_argument
 from bridgeseg.errors import UserError
+from bridgeseg.options import DEFAULT_PRECISION, PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="default: loopback only")
     parser.add_argument(
         "--port", type=int, default=7860, help="TCP port, 1 to 65535; 0 picks a free one (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default=DEFAULT_PRECISION,
+        help="the model's forward precision, as for `bridgeseg predict` (default: %(default)s, the same labels on "
+        "every CPU)",
     )
     parser.set_defaults(run=run)
 
@@ -88,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from bridgeseg.app.server import create_app
     from bridgeseg.runtime.predictor import Predictor
 
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint, precision=args.precision)
     loopback = _is_loopback(args.host)
     if not loopback:
         logger.warning(
