@@ -17,8 +17,7 @@ from bridgeseg.errors import CheckpointError
 from bridgeseg.models import create_model
 from bridgeseg.runtime.parity import compare_with_pytorch
 from bridgeseg.runtime.predictor import Predictor
-from tests.runtime.test_onnx import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, _tiny
-from tests.runtime.test_quantization import _scenes, calibration, trained  # noqa: F401 (fixtures)
+from tests.runtime.helpers import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, scenes, tiny_model
 
 pytest.importorskip(
     "executorch.runtime", reason="ExecuTorch is an optional runtime: pip install 'bridgeseg[executorch]'"
@@ -102,7 +101,7 @@ def test_export_refuses_bad_arguments(program: tuple, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_text_conditioned_model_parity(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = _tiny("bridge").eval()
+    model = tiny_model("bridge").eval()
     backend = ExecuTorchBackend(export_executorch(model, tmp_path / "bridge.pte", size=SIZE))
     report = compare_with_pytorch(model, backend, [SIZE], batch=2)
     assert report.max_abs_diff <= MAX_ABS_DIFF, report
@@ -110,12 +109,12 @@ def test_text_conditioned_model_parity(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_int8_agrees_with_float32(trained: torch.nn.Module, calibration: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_int8_agrees_with_float32(trained: torch.nn.Module, calibration: Path, tmp_path: Path) -> None:
     size = (96, 128)
     path = export_executorch(trained, tmp_path / "int8.pte", size=size, calibration=calibration, num_images=8)
     int8 = Predictor.from_checkpoint(path)
     assert int8.precision == "int8" and int8.backend.metadata["calibration_images"] == "8"
-    images, _ = _scenes(6, *size, seed=2000)
+    images, _ = scenes(6, *size, seed=2000)
     with torch.inference_mode():
         expected = trained.predict(images)
     pairs = zip(images, expected, strict=True)

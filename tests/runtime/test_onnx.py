@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -11,33 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from bridgeseg.cli.export import run as export_command
-from bridgeseg.models import create_model
-from bridgeseg.models.methods.base import method_class
 from bridgeseg.runtime.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
 from bridgeseg.runtime.predictor import Predictor
-
-CLASSES = ["sky", "grass", "cat"]
-TEXT_DIM = 384
-MAX_ABS_DIFF = 1e-4
-MIN_ARGMAX_AGREEMENT = 0.999
-# The export traces at 64x96; these are other multiples of 32, another batch size included.
-SIZES = ((64, 96), (128, 64), (96, 160))
-# The classic light heads (closed set, no text): torchvision's LR-ASPP head, transformers' SegFormer head.
-LIGHT_HEADS = ("lraspp", "segformer")
-
-
-def _tiny(method: str) -> torch.nn.Module:
-    embeddings = (
-        None if not method_class(method).uses_text else F.normalize(torch.randn(len(CLASSES), TEXT_DIM), dim=-1)
-    )
-    return create_model(
-        method,
-        backbone="test_resnet",
-        classes=CLASSES,
-        class_embeddings=embeddings,
-        fusion_dim=32,
-        decoder_channels=16,
-    )
+from tests.runtime.helpers import (
+    CLASSES,
+    LIGHT_HEADS,
+    MAX_ABS_DIFF,
+    MIN_ARGMAX_AGREEMENT,
+    SIZES,
+    TEXT_DIM,
+    export_args,
+    tiny_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +29,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Each tiny model exported once per form: {(method, open_vocab): (model, path)}."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("onnx")
-    models = {method: _tiny(method) for method in ("bridge", "lseg", "fpn", *LIGHT_HEADS)}
+    models = {method: tiny_model(method) for method in ("bridge", "lseg", "fpn", *LIGHT_HEADS)}
     exports = {}
     forms = [("bridge", False), ("bridge", True), ("lseg", False), ("lseg", True), ("fpn", False)]
     for method, open_vocab in forms + [(method, False) for method in LIGHT_HEADS]:
@@ -94,7 +78,7 @@ def test_graph_inputs_and_outputs_are_dynamic(exported: dict) -> None:
 
 def test_denseclip_fixed_vocabulary_parity(tmp_path) -> None:
     # Closed-set, with nn.MultiheadAttention over the h*w pixels and an interpolated positional grid.
-    model = _tiny("denseclip")
+    model = tiny_model("denseclip")
     path = export_onnx(model, tmp_path / "denseclip.onnx")
     report = check_parity(model, path, sizes=SIZES)
     assert report.max_abs_diff <= MAX_ABS_DIFF, report
@@ -122,7 +106,7 @@ def test_metadata_round_trip(exported: dict) -> None:
 
 
 def test_fixed_export_with_new_classes_bakes_their_embeddings(tmp_path, monkeypatch) -> None:
-    model = _tiny("bridge")
+    model = tiny_model("bridge")
     new_classes = ["dog", "tree", "road", "car"]
     new_embeddings = F.normalize(torch.randn(len(new_classes), TEXT_DIM), dim=-1)
     # Stands in for the text encoder, which the tiny model does not load.
@@ -205,33 +189,13 @@ def test_onnx_predictor_rejects_foreign_files(tmp_path) -> None:
         OnnxBackend(tmp_path / "plain.onnx")
 
 
-def _args(**values: object) -> argparse.Namespace:
-    defaults = {
-        "checkpoint": "ckpt",
-        "format": None,
-        "out": None,
-        "onnx": None,
-        "overwrite": False,
-        "classes": None,
-        "open_vocab": False,
-        "opset": 18,
-        "exporter": "torchscript",
-        "coarse_logits": False,
-        "int8": False,
-        "calibration": None,
-        "calibration_images": 32,
-        "calibration_size": 512,
-    }
-    return argparse.Namespace(**(defaults | values))
-
-
 def test_export_command(exported: dict, tmp_path, monkeypatch, capsys) -> None:
     from bridgeseg import checkpoints
 
     model = exported[("lseg", True)][0]
     # The command imports the loader when it runs (its parser is built without torch): patch it at home.
     monkeypatch.setattr(checkpoints, "load_model", lambda path, device="cpu": model)
-    assert export_command(_args(onnx=str(tmp_path / "m.onnx"), open_vocab=True)) == 0
+    assert export_command(export_args(onnx=str(tmp_path / "m.onnx"), open_vocab=True)) == 0
     output = capsys.readouterr().out
     assert "m.onnx" in output and "torchscript exporter" in output and "argmax agreement 100.000 %" in output
     assert json.loads(json.dumps(read_metadata(tmp_path / "m.onnx")["classes"])) == CLASSES
@@ -239,9 +203,9 @@ def test_export_command(exported: dict, tmp_path, monkeypatch, capsys) -> None:
     fpn = exported[("fpn", False)][0]
     monkeypatch.setattr(checkpoints, "load_model", lambda path, device="cpu": fpn)
     with pytest.raises(ValueError, match="closed-set and cannot be exported with open-vocabulary inputs"):
-        export_command(_args(onnx=str(tmp_path / "f.onnx"), open_vocab=True))
+        export_command(export_args(onnx=str(tmp_path / "f.onnx"), open_vocab=True))
     with pytest.raises(ValueError, match="closed-set"):
-        export_command(_args(onnx=str(tmp_path / "f.onnx"), classes="dog,tree"))
+        export_command(export_args(onnx=str(tmp_path / "f.onnx"), classes="dog,tree"))
 
 
 def test_cli_export_then_predict_with_onnx_runtime(exported: dict, tmp_path, capsys) -> None:
@@ -279,7 +243,7 @@ def test_export_command_argument_errors(values: dict, message: str) -> None:
     from bridgeseg.errors import UserError
 
     with pytest.raises(UserError, match=message):
-        export_command(_args(**values))
+        export_command(export_args(**values))
 
 
 def test_cli_reports_errors_in_one_line(capsys) -> None:
@@ -298,7 +262,7 @@ def test_unknown_exporter_is_rejected(exported: dict, tmp_path) -> None:
 @pytest.mark.parametrize("open_vocab", [False, True])
 def test_dynamo_exporter_parity(tmp_path, open_vocab: bool) -> None:
     # About two minutes per export on two cores, hence slow; the dynamo exporter needs onnxscript (onnx extra).
-    model = _tiny("bridge")
+    model = tiny_model("bridge")
     path = export_onnx(model, tmp_path / "dynamo.onnx", open_vocab=open_vocab, exporter="dynamo")
     text_embeddings = F.normalize(torch.randn(5, TEXT_DIM), dim=-1) if open_vocab else None
     report = check_parity(model, path, text_embeddings=text_embeddings, sizes=SIZES[:2])
@@ -320,7 +284,7 @@ def test_the_torchscript_exporter_is_still_there(tmp_path) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            export_onnx(_tiny("fpn"), tmp_path / "fpn.onnx", exporter="torchscript")
+            export_onnx(tiny_model("fpn"), tmp_path / "fpn.onnx", exporter="torchscript")
         except (TypeError, ValueError, NotImplementedError, RuntimeError) as error:
             pytest.fail(f"{removed}; it failed with: {error}")
     # Its deprecation is not hidden from users (docs/export.md says what replaces it).
@@ -366,21 +330,21 @@ def test_export_replaces_an_existing_output_only_with_overwrite(exported: dict, 
     existing = tmp_path / "mine.onnx"
     existing.write_bytes(b"the user's file")
     with pytest.raises(ValueError, match=r"mine\.onnx already exists; pass --overwrite to replace it, or choose anoth"):
-        export_command(_args(onnx=str(existing)))
+        export_command(export_args(onnx=str(existing)))
     assert existing.read_bytes() == b"the user's file"
-    assert export_command(_args(onnx=str(existing), overwrite=True)) == 0
+    assert export_command(export_args(onnx=str(existing), overwrite=True)) == 0
     assert read_metadata(existing)["method"] == "fpn"
 
     folder = tmp_path / "converted"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     with pytest.raises(ValueError, match=r"converted already holds 1 of the output files \(config\.json\); pass --ov"):
-        export_command(_args(format="safetensors", out=str(folder)))
+        export_command(export_args(format="safetensors", out=str(folder)))
     assert (folder / "config.json").read_text() == "{}"
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(ValueError, match=r"--out .*file is a file; --out must be a folder"):
-        export_command(_args(format="safetensors", out=str(a_file)))
+        export_command(export_args(format="safetensors", out=str(a_file)))
 
 
 @pytest.mark.parametrize("opset", [5, 13, 99])

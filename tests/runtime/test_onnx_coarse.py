@@ -12,7 +12,7 @@ from bridgeseg.models.prediction import pad_to_multiple, segment
 from bridgeseg.runtime.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
 from bridgeseg.runtime.predictor import Predictor
 from tests.models.test_prediction import counting_backend, fit_two_regions
-from tests.runtime.test_onnx import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, SIZES, _tiny
+from tests.runtime.helpers import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, SIZES, tiny_model
 
 # Odd sizes: padded to multiples of 32 and cropped back, so the fast path's crop is exercised.
 ODD_SIZES = ((64, 64), (50, 70), (33, 97), (17, 5))
@@ -21,7 +21,7 @@ ODD_SIZES = ((64, 64), (50, 70), (33, 97), (17, 5))
 def _trained(method: str) -> torch.nn.Module:
     """A tiny model fitted to two coloured regions, so its labels have real boundaries."""
     torch.manual_seed(2)
-    return fit_two_regions(_tiny(method))
+    return fit_two_regions(tiny_model(method))
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def coarse_exports(tmp_path_factory: pytest.TempPathFactory) -> dict:
     exports = {}
     for trained in (False, True):
         for method, open_vocab in FORMS:
-            model = _trained(method) if trained else _tiny(method).eval()
+            model = _trained(method) if trained else tiny_model(method).eval()
             name = f"{method}_{'open' if open_vocab else 'fixed'}_{'trained' if trained else 'random'}"
             coarse = export_onnx(model, folder / f"{name}_coarse.onnx", open_vocab=open_vocab, output="coarse_logits")
             full = export_onnx(model, folder / f"{name}.onnx", open_vocab=open_vocab)
@@ -129,11 +129,11 @@ def test_only_single_view_whole_labels_take_the_coarse_path(coarse_exports: dict
 def test_export_command_writes_the_coarse_form(coarse_exports: dict, tmp_path, monkeypatch, capsys) -> None:
     from bridgeseg import checkpoints
     from bridgeseg.cli.export import run as export_command
-    from tests.runtime.test_onnx import _args
+    from tests.runtime.helpers import export_args
 
     model = coarse_exports[("bridge", True, False)][0]
     monkeypatch.setattr(checkpoints, "load_model", lambda path, device="cpu": model)
     target = tmp_path / "m.onnx"
-    assert export_command(_args(onnx=str(target), open_vocab=True, coarse_logits=True)) == 0
+    assert export_command(export_args(onnx=str(target), open_vocab=True, coarse_logits=True)) == 0
     assert "output coarse_logits" in capsys.readouterr().out
     assert read_metadata(target)["output"] == "coarse_logits"

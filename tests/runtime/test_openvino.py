@@ -14,8 +14,7 @@ from bridgeseg.errors import CheckpointError
 from bridgeseg.runtime.onnx import export_onnx, read_metadata
 from bridgeseg.runtime.parity import compare_with_pytorch
 from bridgeseg.runtime.predictor import Predictor
-from tests.runtime.test_onnx import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, _tiny
-from tests.runtime.test_quantization import _scenes, calibration, quantized, trained  # noqa: F401 (fixtures)
+from tests.runtime.helpers import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, scenes, tiny_model
 
 openvino = pytest.importorskip("openvino", reason="OpenVINO is an optional runtime: pip install 'bridgeseg[openvino]'")
 
@@ -29,7 +28,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny `bridge` as IRs: {(open_vocab, output): (model, path)}."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("openvino")
-    model = _tiny("bridge").eval()
+    model = tiny_model("bridge").eval()
     forms = [(False, "coarse_logits"), (True, "logits")]
     return {
         (open_vocab, output): (
@@ -80,10 +79,10 @@ def test_metadata_round_trips_and_onnx_files_open_directly(exported: dict, tmp_p
 def test_metadata_of_another_model_is_refused(exported: dict, tmp_path: Path) -> None:
     import onnx
 
-    other = _tiny("lseg").eval()
+    other = tiny_model("lseg").eval()
     other_onnx = export_onnx(other, tmp_path / "other.onnx", output="coarse_logits")
     proto = onnx.load(str(other_onnx))
-    probe = read_metadata(export_onnx(_tiny("bridge"), tmp_path / "b.onnx", output="coarse_logits"))
+    probe = read_metadata(export_onnx(tiny_model("bridge"), tmp_path / "b.onnx", output="coarse_logits"))
     for prop in proto.metadata_props:  # another bridge's fingerprint on the lseg graph
         if prop.key == "probe_logits":
             prop.value = str(probe["probe_logits"].tolist())
@@ -140,12 +139,12 @@ def test_the_precision_that_ran_is_recorded(exported: dict, caplog, requested, r
     assert ("not the bf16 asked for" in caplog.text) is warns
 
 
-def test_int8_from_the_qdq_graph_agrees_with_float32(quantized: dict, tmp_path: Path) -> None:  # noqa: F811
+def test_int8_from_the_qdq_graph_agrees_with_float32(quantized: dict, tmp_path: Path) -> None:
     float32_onnx, int8_onnx = quantized[False]
     float32 = Predictor.from_checkpoint(float32_onnx)  # ONNX Runtime, the reference
     int8 = Predictor.from_checkpoint(convert_onnx(int8_onnx, tmp_path / "int8.xml"))
     assert int8.precision == "int8" and read_metadata(int8_onnx)["precision"] == "int8"
-    images, _ = _scenes(6, 96, 128, seed=2000)
+    images, _ = scenes(6, 96, 128, seed=2000)
     agree = np.mean([(int8.predict(image).labels == float32.predict(image).labels).mean() for image in images])
     # The bounds of ONNX Runtime's int8 (tests/runtime/test_quantization.py): OpenVINO's int8 kernels round differently.
     assert agree >= 0.98
@@ -160,7 +159,7 @@ def test_a_missing_openvino_is_a_clear_error(exported: dict, monkeypatch, tmp_pa
     with pytest.raises(ImportError, match=r"pip install 'bridgeseg\[openvino\]'"):
         Predictor.from_checkpoint(path)
     with pytest.raises(ImportError, match="OpenVINO runtime is not installed"):
-        export_openvino(_tiny("bridge"), tmp_path / "m.xml")
+        export_openvino(tiny_model("bridge"), tmp_path / "m.xml")
 
 
 def test_cli_exports_and_predicts(exported: dict, tmp_path: Path, capsys) -> None:

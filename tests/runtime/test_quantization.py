@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from bridgeseg.errors import CheckpointError, DatasetError, UserError
 from bridgeseg.runtime.onnx import (
@@ -21,66 +20,9 @@ from bridgeseg.runtime.onnx import (
 )
 from bridgeseg.runtime.predictor import Predictor
 from bridgeseg.runtime.quantization import calibration_images, load_calibration_image, quantize_onnx
-from tests.runtime.test_onnx import CLASSES, _args, _tiny
+from tests.runtime.helpers import CALIBRATION_SIZE, CLASSES, export_args, scenes
 
 pytest.importorskip("onnxruntime.quantization")
-
-# Colours of the synthetic scenes' three classes (sky, grass, cat), in [0, 1].
-COLOURS = np.array([[0.25, 0.45, 0.9], [0.2, 0.7, 0.25], [0.85, 0.55, 0.2]], dtype=np.float32)
-CALIBRATION_SIZE = 64
-
-
-def _scenes(count: int, height: int, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sky above grass at a random horizon, a cat rectangle somewhere, noise: images [N, 3, H, W], masks [N, H, W]."""
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((count, height, width), dtype=np.int64)
-    for mask in masks:
-        mask[rng.integers(height // 4, 3 * height // 4) :] = 1
-        top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
-        mask[top : top + rng.integers(height // 6, height // 2), left : left + rng.integers(width // 6, width // 2)] = 2
-    images = COLOURS[masks].transpose(0, 3, 1, 2) + rng.normal(0, 0.05, (count, 3, height, width))
-    return torch.from_numpy(images.clip(0, 1).astype(np.float32)), torch.from_numpy(masks)
-
-
-@pytest.fixture(scope="module")
-def trained() -> torch.nn.Module:
-    """A tiny `bridge` trained until its labels are right and its logits apart, so int8 agreement means something."""
-    torch.manual_seed(0)
-    model = _tiny("bridge")
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(60):
-        images, masks = _scenes(4, 64, 64, seed=step)
-        loss = model.loss({"image": images, "mask": masks})["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder of eight training-like scenes as PNG files, and one file that is not an image."""
-    folder = tmp_path_factory.mktemp("calibration")
-    images, _ = _scenes(8, 80, 96, seed=1000)
-    for index, image in enumerate(images):
-        array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(array).save(folder / f"scene_{index}.png")
-    (folder / "notes.txt").write_text("not an image")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def quantized(trained: torch.nn.Module, calibration: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Both forms exported and quantised once: {open_vocab: (float32 path, int8 path)}."""
-    folder = tmp_path_factory.mktemp("int8")
-    paths = {}
-    for open_vocab in (False, True):
-        name = "open" if open_vocab else "fixed"
-        float32 = export_onnx(trained, folder / f"{name}.onnx", open_vocab=open_vocab)
-        int8 = quantize_onnx(float32, folder / f"{name}_int8.onnx", calibration, size=CALIBRATION_SIZE)
-        paths[open_vocab] = (float32, int8)
-    return paths
 
 
 def test_calibration_images_are_spread_over_the_sorted_folder(calibration: Path) -> None:
@@ -134,7 +76,7 @@ def test_backend_and_predictor_load_the_int8_model(quantized: dict, open_vocab: 
     backend = OnnxBackend(int8)  # runs the load-time probe check
     assert backend.classes == CLASSES and backend.open_vocabulary is open_vocab
     predictor = Predictor.from_checkpoint(int8)
-    images, _ = _scenes(1, 70, 100, seed=7)  # not multiples of 32: padded and cropped back
+    images, _ = scenes(1, 70, 100, seed=7)  # not multiples of 32: padded and cropped back
     prediction = predictor.predict(images[0], return_probs=True)
     assert prediction.labels.shape == (70, 100)
     assert prediction.classes == CLASSES and prediction.probs.shape == (len(CLASSES), 70, 100)
@@ -144,7 +86,7 @@ def test_backend_and_predictor_load_the_int8_model(quantized: dict, open_vocab: 
 @pytest.mark.parametrize("open_vocab", [False, True])
 def test_int8_agrees_with_float32(trained: torch.nn.Module, quantized: dict, open_vocab: bool) -> None:
     float32, int8 = (Predictor.from_checkpoint(path) for path in quantized[open_vocab])
-    images, masks = _scenes(6, 96, 128, seed=2000)  # held out, and not the calibration size
+    images, masks = scenes(6, 96, 128, seed=2000)  # held out, and not the calibration size
     correct = agree = 0
     for image, mask in zip(images, masks, strict=True):
         expected, actual = float32.predict(image).labels, int8.predict(image).labels
@@ -186,7 +128,7 @@ def test_cli_exports_int8(trained: torch.nn.Module, calibration: Path, tmp_path:
     monkeypatch.chdir(tmp_path)  # nothing may be written in the working folder either
     out = tmp_path / "model_int8.onnx"
     values = {"onnx": str(out), "open_vocab": True, "int8": True, "calibration": str(calibration)}
-    assert export.run(_args(**values, calibration_size=CALIBRATION_SIZE)) == 0
+    assert export.run(export_args(**values, calibration_size=CALIBRATION_SIZE)) == 0
     output = capsys.readouterr().out
     assert "int8" in output and "argmax agreement" in output and "for information" in output
     assert read_metadata(out)["precision"] == "int8"
@@ -207,7 +149,7 @@ def test_cli_int8_argument_errors(values: dict, message: str) -> None:
     from bridgeseg.cli import export
 
     with pytest.raises(UserError, match=message):
-        export.run(_args(**values))
+        export.run(export_args(**values))
 
 
 def test_cli_reports_an_empty_calibration_folder_in_one_line_and_keeps_the_output(
@@ -271,7 +213,7 @@ def test_the_coarse_form_quantises_and_gives_fast_labels(trained, calibration: P
     backend = OnnxBackend(int8)  # the load-time probe check on the coarse output
     assert backend.output == "coarse_logits" and read_metadata(int8)["precision"] == "int8"
     reference = Predictor.from_checkpoint(float32)
-    images, _ = _scenes(6, 96, 128, seed=2000)  # as test_int8_agrees_with_float32
+    images, _ = scenes(6, 96, 128, seed=2000)  # as test_int8_agrees_with_float32
     agree = np.mean([(Predictor(backend).predict(i).labels == reference.predict(i).labels).mean() for i in images])
     assert agree >= 0.98
     assert Predictor(backend).predict(images[0][:, :70, :100]).labels.shape == (70, 100)
