@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bridgeseg.models import create_model, prediction
+from bridgeseg.models import prediction
 from bridgeseg.models.prediction import segment, upsampled_argmax
 from bridgeseg.runtime.pytorch import TorchBackend
-from tests.conftest import CLASSES
+from tests.models.helpers import counting_backend, tiny_model, trained_tiny
 
 
 def _full(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -58,41 +58,6 @@ def test_upsampled_argmax_upsamples_everything_where_boundaries_are_everywhere(m
     assert len(calls) == 1  # only the reference: regions take the shortcut
 
 
-def _tiny(method: str, class_embeddings: torch.Tensor) -> torch.nn.Module:
-    return create_model(
-        method,
-        backbone="test_resnet",
-        classes=CLASSES,
-        fusion_dim=32,
-        decoder_channels=16,
-        class_embeddings=class_embeddings,
-    )
-
-
-def fit_two_regions(model: torch.nn.Module) -> torch.nn.Module:
-    """Train a tiny model for a few steps on images with a red right half and a blue bottom band, so that its
-    logits have region structure (few boundaries); returns it in eval mode. Seed before building the model."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    images = torch.rand(4, 3, 64, 64) * 0.2
-    masks = torch.zeros(4, 64, 64, dtype=torch.long)
-    images[:, 0, :, 32:] += 0.7  # a red right half: class 1
-    masks[:, :, 32:] = 1
-    images[:, 2, 40:, :] += 0.7  # a blue bottom band: class 2
-    masks[:, 40:, :] = 2
-    model.train()
-    for _ in range(15):
-        optimizer.zero_grad()
-        model.loss({"image": images, "mask": masks})["loss"].backward()
-        optimizer.step()
-    return model.eval()
-
-
-def trained_tiny(method: str, class_embeddings: torch.Tensor) -> torch.nn.Module:
-    """The tiny model of `method`, built from seed 0 and fitted to the two regions (`fit_two_regions`)."""
-    torch.manual_seed(0)
-    return fit_two_regions(_tiny(method, class_embeddings))
-
-
 @pytest.mark.parametrize("method", ["bridge", "lseg", "fpn", "lraspp"])  # lraspp: logits at stride 8
 @pytest.mark.parametrize("trained", [False, True])
 def test_predict_labels_equal_the_full_path(method: str, trained: bool, class_embeddings: torch.Tensor) -> None:
@@ -100,7 +65,7 @@ def test_predict_labels_equal_the_full_path(method: str, trained: bool, class_em
         model = trained_tiny(method, class_embeddings)
     else:
         torch.manual_seed(1)
-        model = _tiny(method, class_embeddings).eval()
+        model = tiny_model(method, class_embeddings).eval()
     backend = TorchBackend(model)
     for size in ((64, 64), (50, 70), (33, 97), (17, 5)):
         images = torch.rand(2, 3, *size)
@@ -117,23 +82,8 @@ def test_predict_labels_equal_the_full_path(method: str, trained: bool, class_em
         assert torch.equal(slide, slide_probs.argmax(1)), size
 
 
-def counting_backend(base: type, coarse_method: str = "coarse_logits") -> tuple[type, list[str]]:
-    """A subclass of the backend `base` that records the path `segment` takes: "full" logits or "coarse" ones."""
-    calls: list[str] = []
-
-    def logits(self, images, text_embeddings):
-        calls.append("full")
-        return base.logits(self, images, text_embeddings)
-
-    def coarse(self, images, text_embeddings):
-        calls.append("coarse")
-        return getattr(base, coarse_method)(self, images, text_embeddings)
-
-    return type(f"Counting{base.__name__}", (base,), {"logits": logits, coarse_method: coarse}), calls
-
-
 def test_only_single_view_whole_labels_take_the_fast_path(class_embeddings: torch.Tensor) -> None:
-    model = _tiny("lseg", class_embeddings).eval()
+    model = tiny_model("lseg", class_embeddings).eval()
     counting, calls = counting_backend(TorchBackend)
     backend = counting(model)
     images = torch.rand(1, 3, 40, 40)

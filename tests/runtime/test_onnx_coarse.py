@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from bridgeseg.models.prediction import pad_to_multiple, segment
 from bridgeseg.runtime.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
 from bridgeseg.runtime.predictor import Predictor
-from tests.models.test_prediction import counting_backend, fit_two_regions
+from tests.models.helpers import counting_backend, fit_two_regions
 from tests.runtime.helpers import CLASSES, MAX_ABS_DIFF, MIN_ARGMAX_AGREEMENT, SIZES, tiny_model
 
 # Odd sizes: padded to multiples of 32 and cropped back, so the fast path's crop is exercised.

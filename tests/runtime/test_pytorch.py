@@ -15,7 +15,7 @@ from bridgeseg.runtime import cpu
 from bridgeseg.runtime.cpu import resolve_precision
 from bridgeseg.runtime.pytorch import TorchBackend, optimize_for_inference
 from tests.conftest import CLASSES
-from tests.models.test_prediction import trained_tiny
+from tests.models.helpers import trained_tiny
 
 NORMS = (nn.BatchNorm2d, BatchNormAct2d)
 
